@@ -1,0 +1,1 @@
+"""`llama-graph-patch bench`: eager, max-autotune and reduce-overhead, each in its own process."""

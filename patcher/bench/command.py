@@ -1,0 +1,5 @@
+"""Placeholder until the benchmark lands."""
+
+
+def add_bench_parser(commands):
+    pass

@@ -1,0 +1,147 @@
+"""Command line: a thin layer that parses arguments, calls the installer or the benchmark, and maps
+their errors to the exit codes README.md documents."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+from patcher import __version__, installer
+from patcher.errors import PatcherError
+from patcher.locate import find_target
+
+EXIT_CODES = """exit codes:
+  0  done, or already in the asked state
+  1  unexpected error (set LLAMA_GRAPH_PATCH_DEBUG=1 for a traceback)
+  2  usage error
+  3  transformers missing or of an unsupported version
+  4  the code to patch is not in the expected shape
+  5  a patched file was modified since apply (see revert --force)
+  6  file-system error (permission, read-only, lock timeout)
+  7  bench: the transformers it would run is not patched as needed
+  8  bench: at least one mode failed (the report holds the others)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llama-graph-patch",
+        description="Patch transformers 4.31.0 so that Llama generation runs in PyTorch graph mode "
+        "(torchair on Ascend NPUs, inductor elsewhere), benchmark it, and revert it byte for byte.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    target = argparse.ArgumentParser(add_help=False)
+    where = target.add_argument_group("target (default: the transformers this interpreter imports)")
+    choice = where.add_mutually_exclusive_group()
+    choice.add_argument("--python", metavar="EXE", help="patch the transformers of another interpreter")
+    choice.add_argument("--site-packages", metavar="DIR", help="patch the transformers inside this folder")
+
+    locking = argparse.ArgumentParser(add_help=False)
+    locking.add_argument(
+        "--lock-timeout", type=float, default=60, metavar="S", help="seconds to wait for a concurrent run (60)"
+    )
+
+    apply = commands.add_parser(
+        "apply",
+        parents=[target, locking],
+        help="patch transformers (no-op if already patched)",
+        description="Patch generation/utils.py (graph mode and step timing); with --static-cache also "
+        "modeling_llama.py. Running it again is a no-op; running it with the other patch set switches.",
+    )
+    apply.add_argument(
+        "--static-cache", action="store_true", help="also give Llama a fixed-size KV cache (static-cache patch)"
+    )
+    apply.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    apply.set_defaults(run=run_apply)
+
+    revert = commands.add_parser(
+        "revert",
+        parents=[target, locking],
+        help="restore the original files byte for byte",
+        description="Restore every patched file from its kept original and verify its SHA-256.",
+    )
+    revert.add_argument(
+        "--force", action="store_true", help="restore even if the patched files were changed since apply"
+    )
+    revert.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    revert.set_defaults(run=run_revert)
+
+    status = commands.add_parser("status", parents=[target], help="say whether transformers is patched")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(run=run_status)
+
+    diff = commands.add_parser(
+        "diff", parents=[target], help="print the unified diff that apply makes (or made)"
+    )
+    diff.add_argument("--static-cache", action="store_true", help="show the diff of apply --static-cache")
+    diff.set_defaults(run=run_diff)
+
+    from patcher.bench.command import add_bench_parser
+
+    add_bench_parser(commands)
+    return parser
+
+
+def patch_names(args: argparse.Namespace) -> list[str]:
+    return ["graph-mode", "static-cache"] if args.static_cache else ["graph-mode"]
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    target = find_target(args.python, args.site_packages)
+    print(installer.apply(target, patch_names(args), args.dry_run, args.lock_timeout).message)
+    return 0
+
+
+def run_revert(args: argparse.Namespace) -> int:
+    target = find_target(args.python, args.site_packages)
+    print(installer.revert(target, args.force, args.dry_run, args.lock_timeout).message)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    status = installer.inspect(find_target(args.python, args.site_packages))
+    report = status.as_json()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    applied = f" ({'+'.join(status.patches)})" if status.patches else ""
+    print(f"state: {status.state}{applied}")
+    print(f"file: {report['file']}")
+    for entry in status.files:
+        print(f"  {entry['file']}: {entry['state']} {'+'.join(entry['patches'])}".rstrip())
+    versions = ", ".join(
+        f"{name} {report[name + '_version'] or '-'}" for name in ("transformers", "torch", "torch_npu", "torchair")
+    )
+    print(f"versions: {versions}{'' if report['supported'] else ' (transformers version not supported)'}")
+    if status.detail:
+        print(f"detail: {status.detail}")
+    return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    sys.stdout.write(installer.diff(find_target(args.python, args.site_packages), patch_names(args)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except PatcherError as error:
+        print(f"llama-graph-patch: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("llama-graph-patch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the contract: one line and exit 1, never a raw traceback
+        if os.environ.get("LLAMA_GRAPH_PATCH_DEBUG"):
+            traceback.print_exc()
+        print(f"llama-graph-patch: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1

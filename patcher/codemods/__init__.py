@@ -1,0 +1,16 @@
+"""One codemod per kind of change, each a libcst codemod command; patches/ says which runs where."""
+
+from patcher.codemods.add_methods import AddMethodsCommand
+from patcher.codemods.append_definitions import AppendDefinitionsCommand
+from patcher.codemods.insert_before_generation_loop import InsertBeforeGenerationLoopCommand
+from patcher.codemods.prepend_to_methods import PrependToMethodsCommand
+from patcher.codemods.time_forward_call import TimeForwardCallCommand
+
+# The names patches/__init__.py uses for them.
+COMMANDS = {
+    "append-definitions": AppendDefinitionsCommand,
+    "insert-before-generation-loop": InsertBeforeGenerationLoopCommand,
+    "time-forward-call": TimeForwardCallCommand,
+    "prepend-to-methods": PrependToMethodsCommand,
+    "add-methods": AddMethodsCommand,
+}

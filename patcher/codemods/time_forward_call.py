@@ -1,0 +1,74 @@
+"""Codemod: put timing points around the model call inside greedy_search's generation loop."""
+
+from __future__ import annotations
+
+import libcst as cst
+import libcst.matchers as m
+from libcst.codemod import CodemodContext
+
+from patcher.codemods.base import PlacedCommand, function_body, insert_after, insert_before, loop_index
+from patcher.codemods.insert_before_generation_loop import GREEDY_SEARCH
+
+# `outputs = self(**model_inputs, ...)`, the one forward pass of each generation step.
+FORWARD_CALL = m.SimpleStatementLine(
+    body=[m.Assign(targets=[m.AssignTarget(target=m.Name("outputs"))], value=m.Call(func=m.Name("self")))]
+)
+
+
+class TimeForwardCallCommand(PlacedCommand):
+    """Copy `before_forward` / `after_forward` around the forward call and `after_loop` after the loop.
+
+    Before::
+
+            while True:
+                model_inputs = self.prepare_inputs_for_generation(input_ids, **model_kwargs)
+
+                # forward pass to get next token
+                outputs = self(**model_inputs, return_dict=True)
+                ...
+            if streamer is not None:
+
+    After::
+
+            while True:
+                model_inputs = self.prepare_inputs_for_generation(input_ids, **model_kwargs)
+
+                # forward pass to get next token
+                if _llama_graph_patch_timer is not None:
+                    _llama_graph_patch_timer.start()
+                outputs = self(**model_inputs, return_dict=True)
+                if _llama_graph_patch_timer is not None:
+                    _llama_graph_patch_timer.stop(model_inputs)
+                ...
+            if _llama_graph_patch_timer is not None:
+                _llama_graph_patch_timer.write()
+            if streamer is not None:
+
+    The call must appear exactly once at the top level of the loop body.
+    """
+
+    DESCRIPTION = "Time the forward call of each greedy_search step."
+
+    def __init__(self, context: CodemodContext, snippet: cst.Module) -> None:
+        super().__init__(context)
+        self.before = function_body(snippet, "before_forward")
+        self.after = function_body(snippet, "after_forward")
+        self.after_loop = function_body(snippet, "after_loop")
+        self.paths = {("GenerationMixin", "greedy_search")}
+        self.expected = [GREEDY_SEARCH]
+
+    def edit_function(self, scope: tuple[str, ...], node: cst.FunctionDef) -> cst.FunctionDef:
+        if scope != ("GenerationMixin",) or node.name.value != "greedy_search":
+            return node
+        self.found(GREEDY_SEARCH)
+        body = list(node.body.body)
+        index = loop_index(body, f"a top-level `while True:` in {GREEDY_SEARCH}", self)
+        loop = body[index]
+        steps = list(loop.body.body)
+        calls = [i for i, statement in enumerate(steps) if m.matches(statement, FORWARD_CALL)]
+        self.require_once(f"`outputs = self(...)` at the top level of the loop in {GREEDY_SEARCH}", len(calls))
+        call = calls[0]
+        steps = insert_before(insert_after(steps, call, self.after), call, self.before)
+        body[index] = loop.with_changes(body=loop.body.with_changes(body=steps))
+        body = insert_after(body, index, self.after_loop)
+        return node.with_changes(body=node.body.with_changes(body=body))

@@ -1,0 +1,211 @@
+"""Helpers the static-cache patch appends to transformers/models/llama/modeling_llama.py.
+
+Same rules as graph_mode/generation_utils.py. These run inside modeling_llama.py, so they use its own
+`apply_rotary_pos_emb`, `repeat_kv` and `BaseModelOutputWithPast`.
+
+The idea (upstream torchair's and gpt-fast's): allocate every layer's keys and values once per generate
+call at (batch, kv_heads, prompt + new tokens, head_dim), write each step's keys and values in place at
+their slots, and attend over the whole fixed-length cache with a mask for padding and for slots not yet
+written. Every decode step then feeds the model tensors of identical shapes, so one compiled graph
+serves them all and graph capture (CUDA graphs, aclgraph) can replay it.
+"""
+
+# ---------------------------------------------------------------------------------------------------
+# Added by llama-graph-patch (static-cache patch); `llama-graph-patch revert` removes it.
+# ---------------------------------------------------------------------------------------------------
+
+
+class LlamaGraphPatchStaticLayer(object):
+    """One decoder layer's part of the static cache, as one forward step sees it."""
+
+    def __init__(self, key, value, slots):
+        self.key = key  # (batch, kv_heads, max_length, head_dim), written in place
+        self.value = value  # same shape as key
+        self.slots = slots  # (new_tokens,) int64: the cache positions of the tokens fed in this step
+
+
+class LlamaGraphPatchStaticCache(object):
+    """Fixed-size keys and values of every layer, kept on the model and reused while the shape fits."""
+
+    def __init__(self, config, batch_size, max_length, dtype, device):
+        import torch
+        import torch._dynamo
+
+        head_dim = config.hidden_size // config.num_attention_heads
+        self.shape = (batch_size, config.num_key_value_heads, max_length, head_dim)
+        self.dtype = dtype
+        self.device = device
+        self.keys = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        mark_static_address = getattr(torch._dynamo, "mark_static_address", None)
+        if mark_static_address is not None:
+            # Graph capture then updates these buffers in place instead of copying them on every replay.
+            for tensor in self.keys + self.values:
+                mark_static_address(tensor)
+        self.written = 0  # slots filled so far in this generate call; a host-side int, never a graph input
+
+    @property
+    def max_length(self):
+        return self.shape[2]
+
+    @property
+    def nbytes(self):
+        return sum(tensor.numel() * tensor.element_size() for tensor in self.keys + self.values)
+
+    def fits(self, batch_size, max_length, dtype, device):
+        return self.shape[0] == batch_size and self.max_length == max_length and (self.dtype, self.device) == (
+            dtype,
+            device,
+        )
+
+    def reset(self):
+        for tensor in self.keys + self.values:
+            tensor.zero_()
+        self.written = 0
+
+    def layers(self, slots):
+        return tuple(LlamaGraphPatchStaticLayer(key, value, slots) for key, value in zip(self.keys, self.values))
+
+    def __repr__(self):
+        return "%d layers x 2 x %s %s, %.1f MB" % (
+            len(self.keys),
+            "x".join(str(size) for size in self.shape),
+            str(self.dtype).replace("torch.", ""),
+            self.nbytes / 2**20,
+        )
+
+
+def llama_graph_patch_allocate_static_cache(model, batch_size, max_length, device):
+    """The model's static cache for this call: the previous one zeroed if the shape fits, else a new one."""
+    import logging
+
+    if getattr(model.config, "pretraining_tp", 1) > 1:
+        logging.getLogger("llama_graph_patch").warning(
+            "llama-graph-patch: no static KV cache for pretraining_tp > 1; using the growing cache"
+        )
+        return None
+    cache = model.__dict__.pop("llama_graph_patch_kv_cache", None)
+    if cache is not None and cache.fits(batch_size, max_length, model.dtype, device):
+        cache.reset()
+    else:
+        cache = None  # free the old buffers before taking new ones
+        cache = LlamaGraphPatchStaticCache(model.config, batch_size, max_length, model.dtype, device)
+    model.__dict__["llama_graph_patch_kv_cache"] = cache  # __dict__: not a registered buffer or weight
+    return cache
+
+
+def llama_graph_patch_static_inputs(cache, input_ids, attention_mask):
+    """Model inputs for one step: the tokens not yet in the cache, their slots, their positions, and the
+    attention mask padded to the cache length. Decode steps get the same shapes every time."""
+    import torch
+
+    length = input_ids.shape[1]
+    start = cache.written
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    position_ids = attention_mask.long().cumsum(-1) - 1
+    position_ids.masked_fill_(attention_mask == 0, 1)
+    slots = torch.arange(start, length, dtype=torch.long, device=input_ids.device)
+    cache.written = length
+    return {
+        "input_ids": input_ids[:, start:].contiguous(),
+        "position_ids": position_ids[:, start:].contiguous(),
+        "past_key_values": cache.layers(slots),
+        "use_cache": False,
+        "attention_mask": torch.nn.functional.pad(attention_mask, (0, cache.max_length - length)),
+    }
+
+
+def llama_graph_patch_static_model_forward(
+    model,
+    input_ids,
+    attention_mask,
+    position_ids,
+    past_key_values,
+    inputs_embeds,
+    output_attentions,
+    output_hidden_states,
+    return_dict,
+):
+    """LlamaModel.forward over a static cache. attention_mask: (batch, max_length), 1 for tokens."""
+    import torch
+
+    config = model.config
+    output_attentions = config.output_attentions if output_attentions is None else output_attentions
+    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    return_dict = config.use_return_dict if return_dict is None else return_dict
+    hidden_states = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+
+    # (batch, 1, new_tokens, max_length): a token sees non-padding slots up to its own.
+    slots = past_key_values[0].slots
+    cache_slots = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    visible = (attention_mask[:, None, None, :] != 0) & (cache_slots[None, None, None, :] <= slots[None, None, :, None])
+    mask = torch.zeros(visible.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+    mask = mask.masked_fill(~visible, torch.finfo(hidden_states.dtype).min)
+
+    all_hidden_states = () if output_hidden_states else None
+    all_attentions = () if output_attentions else None
+    for layer, layer_cache in zip(model.layers, past_key_values):
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        outputs = layer(
+            hidden_states,
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_value=layer_cache,
+            output_attentions=output_attentions,
+            use_cache=False,
+        )
+        hidden_states = outputs[0]
+        if output_attentions:
+            all_attentions += (outputs[1],)
+    hidden_states = model.norm(hidden_states)
+    if output_hidden_states:
+        all_hidden_states += (hidden_states,)
+    if not return_dict:
+        return tuple(value for value in (hidden_states, all_hidden_states, all_attentions) if value is not None)
+    return BaseModelOutputWithPast(
+        last_hidden_state=hidden_states,
+        past_key_values=None,
+        hidden_states=all_hidden_states,
+        attentions=all_attentions,
+    )
+
+
+def llama_graph_patch_static_attention(attention, hidden_states, attention_mask, position_ids, cache, output_attentions):
+    """LlamaAttention.forward over one layer of the static cache; attention_mask is additive,
+    (batch, 1, new_tokens, max_length)."""
+    import math
+
+    import torch
+
+    batch, new_tokens, _ = hidden_states.size()
+    head_dim = attention.head_dim
+    query = attention.q_proj(hidden_states).view(batch, new_tokens, attention.num_heads, head_dim).transpose(1, 2)
+    key = attention.k_proj(hidden_states).view(batch, new_tokens, attention.num_key_value_heads, head_dim)
+    value = attention.v_proj(hidden_states).view(batch, new_tokens, attention.num_key_value_heads, head_dim)
+    key, value = key.transpose(1, 2), value.transpose(1, 2)
+    cos, sin = attention.rotary_emb(value, seq_len=cache.key.shape[2])
+    query, key = apply_rotary_pos_emb(query, key, cos, sin, position_ids)
+    llama_graph_patch_write_cache(cache.key, key, cache.slots)
+    llama_graph_patch_write_cache(cache.value, value, cache.slots)
+
+    keys = repeat_kv(cache.key, attention.num_key_value_groups)
+    values = repeat_kv(cache.value, attention.num_key_value_groups)
+    weights = torch.matmul(query, keys.transpose(2, 3)) / math.sqrt(head_dim) + attention_mask
+    weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(weights, values).transpose(1, 2).contiguous()
+    output = attention.o_proj(output.reshape(batch, new_tokens, attention.hidden_size))
+    return output, (weights if output_attentions else None), None
+
+
+def llama_graph_patch_write_cache(cache, states, slots):
+    """cache[:, :, slots] = states, in place. On NPU: torch_npu.scatter_update_, the in-place update that
+    torchair keeps inside a captured graph, with one start position per batch row."""
+    if cache.device.type == "npu":
+        import torch_npu
+
+        starts = slots[:1].expand(cache.shape[0]).contiguous()
+        torch_npu.scatter_update_(cache, starts, states, 2)
+    else:
+        cache.index_copy_(2, slots, states)
