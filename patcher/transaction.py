@@ -103,14 +103,14 @@ class State:
     def locked(self, timeout: float) -> Iterator[None]:
         """Hold this site-packages' lock; concurrent runs queue here."""
         lock = filelock.FileLock(str(self.site / LOCK_FILE), timeout=timeout)
-        try:
-            with _os_errors_as_file_system_errors(self.site):
+        with _os_errors_as_file_system_errors(self.site):
+            try:
                 lock.acquire()
-        except filelock.Timeout:
-            raise FileSystemError(
-                f"another llama-graph-patch run has held {self.site / LOCK_FILE} for over {timeout:g} s; "
-                "wait for it to finish, or raise --lock-timeout"
-            ) from None
+            except filelock.Timeout:  # an OSError too, so caught first
+                raise FileSystemError(
+                    f"another llama-graph-patch run has held {self.site / LOCK_FILE} for over {timeout:g} s; "
+                    "wait for it to finish, or raise --lock-timeout"
+                ) from None
         try:
             yield
         finally:
@@ -142,18 +142,21 @@ class State:
         Call with the lock held, after recover().
         """
         with _os_errors_as_file_system_errors(self.site):
-            for relative, data in keep.items():
-                _atomic_write(self.root / "originals" / relative, data)
+            first_apply = not (self.root / "record.json").exists()
             replacements = []
             try:
+                for relative, data in keep.items():
+                    _atomic_write(self.root / "originals" / relative, data)
                 for relative, data in contents.items():
                     target = self.site / relative
                     if target.read_bytes() != data:
                         temporary = _write_temporary(target, data, mode=target.stat().st_mode & 0o7777)
                         replacements.append({"file": relative, "temporary": temporary.name})
-            except BaseException:
+            except BaseException:  # before the journal: undo everything, the targets were never touched
                 for entry in replacements:
                     (self.site / entry["file"]).parent.joinpath(entry["temporary"]).unlink()
+                if first_apply:
+                    shutil.rmtree(self.root, ignore_errors=True)
                 raise
             journal = {
                 "replace": replacements,

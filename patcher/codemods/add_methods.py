@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 from libcst.codemod import CodemodContext
 
-from patcher.codemods.base import NEW_MEMBER_PREFIX, PlacedCommand, defined_names, snippet_methods
+from patcher.codemods.base import NEW_MEMBER_PREFIX, PlacedCommand, defined_names, snippet_methods, spaced
 
 
 class AddMethodsCommand(PlacedCommand):
@@ -56,5 +56,4 @@ class AddMethodsCommand(PlacedCommand):
         taken = sorted(defined_names(body) & {method.name.value for method in methods})
         if taken:
             self.require_once(f"class {node.name.value} without a member {', '.join(taken)}", 0)
-        spaced = [method.with_changes(leading_lines=(cst.EmptyLine(), *method.leading_lines)) for method in methods]
-        return node.with_changes(body=node.body.with_changes(body=[*body, *spaced]))
+        return node.with_changes(body=node.body.with_changes(body=[*body, *(spaced(method, 1) for method in methods)]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 from libcst.codemod import CodemodContext, VisitorBasedCodemodCommand
 
-from patcher.codemods.base import defined_names, without_docstring
+from patcher.codemods.base import defined_names, spaced, without_docstring
 from patcher.errors import UnexpectedCode
 
 
@@ -48,12 +48,7 @@ class AppendDefinitionsCommand(VisitorBasedCodemodCommand):
     def __init__(self, context: CodemodContext, snippet: cst.Module) -> None:
         super().__init__(context)
         statements = without_docstring(snippet.body)
-        first = statements[0]
-        blank = cst.EmptyLine()
-        leading = list(first.leading_lines)
-        while leading and leading[0].comment is None:
-            leading.pop(0)
-        self.statements = [first.with_changes(leading_lines=(blank, blank, *leading)), *statements[1:]]
+        self.statements = [spaced(statements[0], 2), *statements[1:]]
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         # Only the module's top level matters: no need to walk the tree.

@@ -70,6 +70,14 @@ def defined_names(body: Sequence[cst.BaseStatement]) -> set[str]:
     return names
 
 
+def spaced(statement: cst.BaseStatement, blank_lines: int) -> cst.BaseStatement:
+    """`statement` with exactly `blank_lines` blank lines above its comments."""
+    leading = list(statement.leading_lines)
+    while leading and leading[0].comment is None:
+        leading.pop(0)
+    return statement.with_changes(leading_lines=(*[cst.EmptyLine()] * blank_lines, *leading))
+
+
 def insert_before(
     body: Sequence[cst.BaseStatement], index: int, new: Sequence[cst.BaseStatement]
 ) -> list[cst.BaseStatement]:

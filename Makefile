@@ -1,0 +1,33 @@
+# `make test` and `make bench` build everything they need in .venv (CPU torch, transformers 4.31.0).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEPS := $(VENV)/.deps-installed
+# What the CPU benchmark runs: sized to finish within 5 minutes on 2 cores (compiles included).
+BENCH_ARGS ?= --batch-size 4 --input-len 96 --max-new-tokens 64 --output-json results/bench.json \
+	--output-md results/bench.md --plot results/bench.png
+
+.PHONY: test bench install clean
+
+$(DEPS): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" "transformers==4.31.0" "tokenizers<0.14" "huggingface_hub<1.0" \
+		"libcst>=1.1" "packaging>=21" "filelock>=3.8" "tqdm>=4.60" "safetensors>=0.3" \
+		"sentencepiece>=0.1.99" "matplotlib>=3.5" "pytest>=7" "pytest-xdist>=3" "parso>=0.8" \
+		"setuptools>=77" wheel
+	touch $(DEPS)
+
+install: $(DEPS)
+	$(BIN)/pip install -q --no-deps --no-build-isolation --force-reinstall .
+
+test: install
+	$(BIN)/pytest -n 2 tests
+
+bench: install
+	mkdir -p results
+	$(BIN)/llama-graph-patch apply
+	$(BIN)/llama-graph-patch bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info results .pytest_cache

@@ -1,0 +1,52 @@
+"""Helpers the tests share: copies of the real transformers 4.31.0, and the real CLI in a child process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+
+HERE = Path(__file__).parent
+UTILS = "transformers/generation/utils.py"
+MODELING = "transformers/models/llama/modeling_llama.py"
+# Stand-ins for the Ascend packages, and modules that make importing this tool fail.
+NPU_STANDINS = HERE / "npu_standins"
+POISON = HERE / "poison"
+
+
+def installed_site_packages() -> Path:
+    """The site-packages holding the transformers 4.31.0 the test environment installed."""
+    return Path(metadata.distribution("transformers").locate_file("")).resolve()
+
+
+def copy_transformers(source_site: Path, destination: Path) -> Path:
+    """A site-packages holding a copy of transformers and its dist-info (no bytecode)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(source_site / "transformers", destination / "transformers", ignore=ignore)
+    for info in source_site.glob("transformers-*.dist-info"):
+        shutil.copytree(info, destination / info.name)
+    if (source_site / ".llama-graph-patch").exists():  # e.g. `make bench` patched the venv
+        shutil.copytree(source_site / ".llama-graph-patch", destination / ".llama-graph-patch")
+    return destination
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The installed console script, as a container build would run it."""
+    executable = Path(sys.executable).with_name("llama-graph-patch")
+    return subprocess.run(
+        [str(executable), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def python_path(*entries: Path) -> dict:
+    """Environment that puts `entries` first on the import path of a child interpreter."""
+    return {"PYTHONPATH": os.pathsep.join(str(entry) for entry in entries)}

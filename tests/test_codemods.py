@@ -1,0 +1,349 @@
+"""Each codemod on a small source: exact output, and refusal when its place is missing or doubled."""
+
+from __future__ import annotations
+
+import libcst as cst
+from libcst.codemod import CodemodTest
+
+from patcher.codemods import (
+    AddMethodsCommand,
+    AppendDefinitionsCommand,
+    InsertBeforeGenerationLoopCommand,
+    PrependToMethodsCommand,
+    TimeForwardCallCommand,
+)
+from patcher.errors import UnexpectedCode
+
+GREEDY_SNIPPET = cst.parse_module(
+    '''
+"""Snippet docstring, never copied."""
+
+
+def before_loop(self, input_ids):
+    # compile first
+    self = compile_model(self, input_ids)
+
+
+def before_forward(timer):
+    timer.start()
+
+
+def after_forward(timer, model_inputs):
+    timer.stop(model_inputs)
+
+
+def after_loop(timer):
+    timer.write()
+'''
+)
+
+GREEDY_SEARCH = """
+class GenerationMixin:
+    def greedy_search(self, input_ids):
+        done = False
+        while True:
+            model_inputs = prepare(input_ids)
+
+            # forward pass
+            outputs = self(**model_inputs)
+
+            if done:
+                break
+
+        return outputs
+
+    def sample(self):
+        while True:
+            outputs = self()
+"""
+
+
+class TestInsertBeforeGenerationLoop(CodemodTest):
+    TRANSFORM = InsertBeforeGenerationLoopCommand
+
+    def test_inserts_before_the_top_level_loop_of_greedy_search_only(self) -> None:
+        after = """
+        class GenerationMixin:
+            def greedy_search(self, input_ids):
+                done = False
+                # compile first
+                self = compile_model(self, input_ids)
+                while True:
+                    model_inputs = prepare(input_ids)
+
+                    # forward pass
+                    outputs = self(**model_inputs)
+
+                    if done:
+                        break
+
+                return outputs
+
+            def sample(self):
+                while True:
+                    outputs = self()
+        """
+        self.assertCodemod(GREEDY_SEARCH, after, GREEDY_SNIPPET)
+
+    def test_comments_above_the_loop_stay_above_the_inserted_block(self) -> None:
+        before = """
+        class GenerationMixin:
+            def greedy_search(self, input_ids):
+
+                # generate
+                while True:
+                    break
+        """
+        after = """
+        class GenerationMixin:
+            def greedy_search(self, input_ids):
+
+                # generate
+                # compile first
+                self = compile_model(self, input_ids)
+                while True:
+                    break
+        """
+        self.assertCodemod(before, after, GREEDY_SNIPPET)
+
+    def test_refuses_without_a_top_level_while_true(self) -> None:
+        before = """
+        class GenerationMixin:
+            def greedy_search(self, input_ids):
+                if input_ids:
+                    while True:
+                        break
+                while input_ids:
+                    break
+        """
+        with self.assertRaisesRegex(UnexpectedCode, r"`while True:` in GenerationMixin.greedy_search not found"):
+            self.assertCodemod(before, before, GREEDY_SNIPPET)
+
+    def test_refuses_two_loops(self) -> None:
+        before = """
+        class GenerationMixin:
+            def greedy_search(self, input_ids):
+                while True:
+                    break
+                while True:
+                    break
+        """
+        with self.assertRaisesRegex(UnexpectedCode, "found 2 times"):
+            self.assertCodemod(before, before, GREEDY_SNIPPET)
+
+    def test_refuses_greedy_search_outside_generation_mixin(self) -> None:
+        before = """
+        def greedy_search(self, input_ids):
+            while True:
+                break
+
+        class Other:
+            def greedy_search(self, input_ids):
+                while True:
+                    break
+        """
+        with self.assertRaisesRegex(UnexpectedCode, "GenerationMixin.greedy_search not found"):
+            self.assertCodemod(before, before, GREEDY_SNIPPET)
+
+    def test_refuses_two_greedy_searches(self) -> None:
+        before = GREEDY_SEARCH + "\nclass GenerationMixin:\n    def greedy_search(self):\n        while True:\n            break\n"
+        with self.assertRaisesRegex(UnexpectedCode, "GenerationMixin.greedy_search found 2 times"):
+            self.assertCodemod(before, before, GREEDY_SNIPPET)
+
+
+class TestTimeForwardCall(CodemodTest):
+    TRANSFORM = TimeForwardCallCommand
+
+    def test_times_the_forward_call_and_writes_after_the_loop(self) -> None:
+        after = """
+        class GenerationMixin:
+            def greedy_search(self, input_ids):
+                done = False
+                while True:
+                    model_inputs = prepare(input_ids)
+
+                    # forward pass
+                    timer.start()
+                    outputs = self(**model_inputs)
+                    timer.stop(model_inputs)
+
+                    if done:
+                        break
+                timer.write()
+
+                return outputs
+
+            def sample(self):
+                while True:
+                    outputs = self()
+        """
+        self.assertCodemod(GREEDY_SEARCH, after, GREEDY_SNIPPET)
+
+    def test_refuses_when_the_call_is_missing(self) -> None:
+        before = """
+        class GenerationMixin:
+            def greedy_search(self, input_ids):
+                while True:
+                    if input_ids:
+                        outputs = self(input_ids)
+                    result = self(input_ids)
+        """
+        with self.assertRaisesRegex(UnexpectedCode, r"`outputs = self\(...\)` .* not found"):
+            self.assertCodemod(before, before, GREEDY_SNIPPET)
+
+    def test_refuses_when_the_call_is_doubled(self) -> None:
+        before = """
+        class GenerationMixin:
+            def greedy_search(self, input_ids):
+                while True:
+                    outputs = self(input_ids)
+                    outputs = self(input_ids, again=True)
+        """
+        with self.assertRaisesRegex(UnexpectedCode, r"`outputs = self\(...\)` .* found 2 times"):
+            self.assertCodemod(before, before, GREEDY_SNIPPET)
+
+
+DEFINITIONS = cst.parse_module(
+    '''"""Docstring, not copied."""
+
+# Added by the patch
+
+
+def helper():
+    return 1
+
+
+CONSTANT = 2
+'''
+)
+
+
+class TestAppendDefinitions(CodemodTest):
+    TRANSFORM = AppendDefinitionsCommand
+
+    def test_appends_after_two_blank_lines(self) -> None:
+        before = """
+        import torch
+
+        def existing():
+            pass
+        """
+        after = """
+        import torch
+
+        def existing():
+            pass
+
+
+        # Added by the patch
+
+
+        def helper():
+            return 1
+
+
+        CONSTANT = 2
+        """
+        self.assertCodemod(before, after, DEFINITIONS)
+
+    def test_refuses_a_name_the_module_already_binds(self) -> None:
+        before = """
+        CONSTANT = 1
+        """
+        with self.assertRaisesRegex(UnexpectedCode, "already defines CONSTANT"):
+            self.assertCodemod(before, before, DEFINITIONS)
+
+
+CLASS_SNIPPET = cst.parse_module(
+    '''
+class Attention:
+    def forward(self, hidden, cache=None):
+        # dispatch
+        if is_static(cache):
+            return static_forward(self, hidden, cache)
+
+    def llama_graph_patch_allocate(self, size):
+        """New method."""
+        return allocate(size)
+'''
+)
+
+
+class TestPrependToMethods(CodemodTest):
+    TRANSFORM = PrependToMethodsCommand
+
+    def test_inserts_after_the_docstring(self) -> None:
+        before = '''
+        class Attention(Module):
+            def forward(self, hidden: Tensor, cache: Optional[Tuple] = None) -> Tensor:
+                """Attend."""
+                return hidden
+        '''
+        after = '''
+        class Attention(Module):
+            def forward(self, hidden: Tensor, cache: Optional[Tuple] = None) -> Tensor:
+                """Attend."""
+                # dispatch
+                if is_static(cache):
+                    return static_forward(self, hidden, cache)
+                return hidden
+        '''
+        self.assertCodemod(before, after, CLASS_SNIPPET)
+
+    def test_refuses_other_parameter_names(self) -> None:
+        before = """
+        class Attention(Module):
+            def forward(self, hidden, past=None):
+                return hidden
+        """
+        with self.assertRaisesRegex(UnexpectedCode, r"Attention.forward with parameters \(self, hidden, cache\)"):
+            self.assertCodemod(before, before, CLASS_SNIPPET)
+
+    def test_refuses_a_missing_method(self) -> None:
+        before = """
+        class Attention(Module):
+            def backward(self, hidden, cache=None):
+                return hidden
+        """
+        with self.assertRaisesRegex(UnexpectedCode, "Attention.forward not found"):
+            self.assertCodemod(before, before, CLASS_SNIPPET)
+
+
+class TestAddMethods(CodemodTest):
+    TRANSFORM = AddMethodsCommand
+
+    def test_appends_new_methods_to_the_class(self) -> None:
+        before = """
+        class Attention(Module):
+            def forward(self, hidden, cache=None):
+                return hidden
+
+        class Other:
+            pass
+        """
+        after = '''
+        class Attention(Module):
+            def forward(self, hidden, cache=None):
+                return hidden
+
+            def llama_graph_patch_allocate(self, size):
+                """New method."""
+                return allocate(size)
+
+        class Other:
+            pass
+        '''
+        self.assertCodemod(before, after, CLASS_SNIPPET)
+
+    def test_refuses_an_existing_member(self) -> None:
+        before = """
+        class Attention(Module):
+            def llama_graph_patch_allocate(self, size):
+                pass
+        """
+        with self.assertRaisesRegex(UnexpectedCode, "without a member llama_graph_patch_allocate"):
+            self.assertCodemod(before, before, CLASS_SNIPPET)
+
+    def test_refuses_a_missing_class(self) -> None:
+        with self.assertRaisesRegex(UnexpectedCode, "class Attention not found"):
+            self.assertCodemod("x = 1\n", "x = 1\n", CLASS_SNIPPET)

@@ -1,0 +1,389 @@
+"""apply / revert / status / diff on copies of the real transformers 4.31.0, through the real CLI."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import py_compile
+import subprocess
+import sys
+from importlib.util import cache_from_source
+from pathlib import Path
+
+import filelock
+import pytest
+
+from helpers import MODELING, UTILS, copy_transformers, python_path, run_cli
+from patcher import cli, transaction
+from patcher.catalog import resolve
+from patcher.transform import patch_file
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def status_of(site: Path) -> dict:
+    result = run_cli("status", "--json", "--site-packages", str(site))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    """The error contract: the exit code, and one line on stderr holding the given words."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llama-graph-patch: error:"), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def graph_mode_bytes(original: bytes) -> bytes:
+    return patch_file(UTILS, original, resolve(["graph-mode"]))
+
+
+def test_apply_status_revert_round_trip(site):
+    original = (site / UTILS).read_bytes()
+    assert status_of(site)["state"] == "unpatched"
+
+    applied = run_cli("apply", "--site-packages", str(site))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.startswith("patched: graph-mode on transformers 4.31.0")
+    status = status_of(site)
+    assert status["state"] == "patched"
+    assert status["patches"] == ["graph-mode"]
+    assert status["file"] == str(site / UTILS)
+    assert status["transformers_version"] == "4.31.0"
+    assert {"torch_version", "torch_npu_version", "torchair_version"} <= status.keys()
+    assert status["torch_npu_version"] is None and status["torchair_version"] is None
+    record = json.loads((site / ".llama-graph-patch" / "record.json").read_text())
+    assert record["files"][UTILS]["original_sha256"] == hashlib.sha256(original).hexdigest()
+    assert record["files"][UTILS]["patched_sha256"] == sha(site / UTILS)
+
+    reverted = run_cli("revert", "--site-packages", str(site))
+    assert reverted.returncode == 0, reverted.stderr
+    assert (site / UTILS).read_bytes() == original
+    assert not (site / ".llama-graph-patch").exists()
+    assert status_of(site)["state"] == "unpatched"
+
+
+def test_applying_or_reverting_twice_is_a_no_op(site, capsys):
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    patched = (site / UTILS).read_bytes()
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    assert "already applied" in capsys.readouterr().out
+    assert (site / UTILS).read_bytes() == patched
+    assert cli.main(["revert", "--site-packages", str(site)]) == 0
+    assert cli.main(["revert", "--site-packages", str(site)]) == 0
+    assert "not patched, nothing to revert" in capsys.readouterr().out
+
+
+def test_the_patch_only_adds_lines_and_nothing_machine_specific(site):
+    original = (site / UTILS).read_bytes()
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    patched = (site / UTILS).read_bytes()
+    matcher = difflib.SequenceMatcher(a=original.splitlines(), b=patched.splitlines(), autojunk=False)
+    assert {op for op, *_ in matcher.get_opcodes()} == {"equal", "insert"}
+    assert str(site).encode() not in patched and b"site-packages" not in patched
+
+
+def test_same_input_gives_the_same_bytes_wherever_it_lives(pristine_site, tmp_path):
+    first = copy_transformers(pristine_site, tmp_path / "a" / "site-packages")
+    second = copy_transformers(pristine_site, tmp_path / "deeper" / "b" / "lib" / "site-packages")
+    for site in (first, second):
+        assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
+    for name in (UTILS, MODELING):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+
+
+def test_diff_shows_what_apply_makes_and_then_what_it_made(site):
+    before = run_cli("diff", "--site-packages", str(site))
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.startswith(f"--- a/{UTILS}\n+++ b/{UTILS}\n")
+    assert "+        self = _llama_graph_patch_compile(self, input_ids)\n" in before.stdout
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    assert run_cli("diff", "--site-packages", str(site)).stdout == before.stdout
+
+
+def test_dry_run_changes_nothing(site):
+    original = (site / UTILS).read_bytes()
+    result = run_cli("apply", "--dry-run", "--site-packages", str(site))
+    assert result.returncode == 0 and result.stdout.startswith("would have patched: graph-mode")
+    assert (site / UTILS).read_bytes() == original and not (site / ".llama-graph-patch").exists()
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    patched = (site / UTILS).read_bytes()
+    result = run_cli("revert", "--dry-run", "--site-packages", str(site))
+    assert result.returncode == 0 and result.stdout.startswith("would revert graph-mode")
+    assert (site / UTILS).read_bytes() == patched
+
+
+def test_a_foreign_edit_is_refused_until_revert_force(site):
+    original = (site / UTILS).read_bytes()
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    edited = (site / UTILS).read_bytes() + b"# a colleague's edit\n"
+    (site / UTILS).write_bytes(edited)
+
+    assert status_of(site)["state"] == "modified"
+    for command in ("apply", "revert"):
+        result = run_cli(command, "--site-packages", str(site))
+        one_line_error(result, 5, str(site / UTILS), "edited after apply", "4.31.0", "revert --force")
+        assert (site / UTILS).read_bytes() == edited
+    forced = run_cli("revert", "--force", "--site-packages", str(site))
+    assert forced.returncode == 0, forced.stderr
+    assert (site / UTILS).read_bytes() == original
+
+
+def test_a_reinstalled_transformers_is_noticed(site, pristine_site):
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    (site / UTILS).write_bytes((pristine_site / UTILS).read_bytes())  # what pip install --force-reinstall does
+    status = status_of(site)
+    assert status["state"] == "modified" and "equals the original again" in status["detail"]
+    one_line_error(run_cli("apply", "--site-packages", str(site)), 5, "reinstalled")
+    assert run_cli("revert", "--force", "--site-packages", str(site)).returncode == 0
+    assert status_of(site)["state"] == "unpatched"
+    assert run_cli("apply", "--site-packages", str(site)).returncode == 0
+
+
+def test_an_upgraded_transformers_keeps_its_files_and_loses_the_record(site):
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    set_version(site, "4.32.0")
+    newer = b"# transformers 4.32.0's own utils.py\n"
+    (site / UTILS).write_bytes(newer)
+    result = run_cli("revert", "--force", "--site-packages", str(site))
+    assert result.returncode == 0, result.stderr
+    assert "dropped the record" in result.stdout and "4.32.0" in result.stdout
+    assert (site / UTILS).read_bytes() == newer
+    assert not (site / ".llama-graph-patch").exists()
+
+
+def set_version(site: Path, version: str) -> None:
+    (info,) = site.glob("transformers-*.dist-info")
+    metadata = (info / "METADATA").read_text().replace("Version: 4.31.0", f"Version: {version}")
+    (info / "METADATA").write_text(metadata)
+
+
+def test_an_unsupported_version_is_refused(site):
+    original = (site / UTILS).read_bytes()
+    set_version(site, "4.30.2")
+    result = run_cli("apply", "--site-packages", str(site))
+    one_line_error(result, 3, "transformers 4.30.2", str(site), "==4.31.0", "pip install")
+    assert (site / UTILS).read_bytes() == original and not (site / ".llama-graph-patch").exists()
+    assert status_of(site)["supported"] is False
+
+
+def test_missing_transformers_is_refused(tmp_path):
+    one_line_error(run_cli("apply", "--site-packages", str(tmp_path)), 3, "not installed", "transformers==4.31.0")
+    one_line_error(run_cli("status", "--site-packages", str(tmp_path / "nowhere")), 2, "no such folder")
+
+
+def test_the_version_comes_from_the_source_without_dist_info(site):
+    (info,) = site.glob("transformers-*.dist-info")
+    for entry in info.iterdir():
+        entry.unlink()
+    info.rmdir()
+    assert status_of(site)["transformers_version"] == "4.31.0"
+
+
+# Edits inside greedy_search (the first match after its `def`), each making the patch's anchor ambiguous.
+SHAPE_CHANGES = {
+    "no while True": ("        while True:\n", "        while not this_peer_finished:\n"),
+    "two while True": ("        while True:\n", "        while True:\n            break\n        while True:\n"),
+    "no outputs = self(": ("            outputs = self(\n", "            outputs = self.forward(\n"),
+    "two outputs = self(": ("            outputs = self(\n", "            outputs = self(**model_inputs)\n            outputs = self(\n"),
+}
+
+
+@pytest.mark.parametrize("change", SHAPE_CHANGES, ids=list(SHAPE_CHANGES))
+def test_code_in_an_unexpected_shape_is_refused(site, change):
+    old, new = SHAPE_CHANGES[change]
+    source = (site / UTILS).read_text()
+    position = source.index(old, source.index("    def greedy_search("))
+    source = source[:position] + new + source[position + len(old) :]
+    (site / UTILS).write_text(source)
+    result = run_cli("apply", "--site-packages", str(site))
+    expected = "not found" if change.startswith("no ") else "found 2 times"
+    one_line_error(result, 4, UTILS, "GenerationMixin.greedy_search", expected)
+    assert (site / UTILS).read_text() == source and not (site / ".llama-graph-patch").exists()
+
+
+CRASH_AT = """
+import os, sys
+from patcher.cli import main
+
+site, crash_path = sys.argv[1], sys.argv[2]
+real_replace = os.replace
+
+
+def replace(source, destination):
+    if str(destination) == crash_path:
+        os._exit(137)  # a crash: no cleanup, no finally
+    return real_replace(source, destination)
+
+
+os.replace = replace
+main(["apply", "--static-cache", "--site-packages", site])
+"""
+
+
+@pytest.mark.parametrize("crash_when_replacing", [".llama-graph-patch/journal.json", UTILS, MODELING])
+def test_a_crash_leaves_whole_files_and_the_next_run_finishes(site, crash_when_replacing):
+    names = (UTILS, MODELING)
+    originals = {name: (site / name).read_bytes() for name in names}
+    patched = {name: patch_file(name, originals[name], resolve(["static-cache"])) for name in names}
+    crash_path = str(site / crash_when_replacing)
+    crash = subprocess.run([sys.executable, "-c", CRASH_AT, str(site), crash_path], capture_output=True)
+    assert crash.returncode == 137, crash.stderr
+
+    # utils.py is replaced first, then modeling_llama.py: every file is whole, old or new.
+    after_crash = {name: (site / name).read_bytes() for name in names}
+    if crash_when_replacing == MODELING:
+        assert after_crash == {UTILS: patched[UTILS], MODELING: originals[MODELING]}
+    else:
+        assert after_crash == originals
+    if crash_when_replacing.endswith("journal.json"):  # before the journal: as if nothing happened
+        assert status_of(site)["state"] == "unpatched"
+    else:
+        status = status_of(site)
+        assert status["state"] == "modified" and "interrupted" in status["detail"]
+    assert list((site / "transformers").rglob(f"*{transaction.TEMP_SUFFIX}"))
+
+    finished = run_cli("apply", "--static-cache", "--site-packages", str(site))
+    assert finished.returncode == 0, finished.stderr
+    assert status_of(site)["state"] == "patched"
+    assert {name: (site / name).read_bytes() for name in names} == patched
+    assert not list((site / "transformers").rglob(f"*{transaction.TEMP_SUFFIX}"))
+    assert run_cli("revert", "--site-packages", str(site)).returncode == 0
+    assert {name: (site / name).read_bytes() for name in names} == originals
+
+
+def refuse_writes_in(folder: Path, monkeypatch) -> None:
+    """Simulate a read-only folder: root ignores permission bits, so fail the temp file creation."""
+    real_mkstemp = transaction.tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if Path(dir) == folder:
+            raise PermissionError(13, "Permission denied", str(folder / "x.tmp"))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(transaction.tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("read_only", [UTILS, MODELING])
+def test_a_read_only_file_fails_cleanly_and_touches_nothing(site, monkeypatch, capsys, read_only):
+    originals = {name: (site / name).read_bytes() for name in (UTILS, MODELING)}
+    refuse_writes_in((site / read_only).parent, monkeypatch)
+    assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 6
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "Permission denied" in error[0] and str((site / read_only).parent) in error[0]
+    assert {name: (site / name).read_bytes() for name in originals} == originals
+    assert not (site / ".llama-graph-patch").exists()
+    assert not list((site / "transformers").rglob(f"*{transaction.TEMP_SUFFIX}"))
+
+
+def test_a_held_lock_times_out_with_exit_6(site):
+    with filelock.FileLock(str(site / transaction.LOCK_FILE)):
+        result = run_cli("apply", "--lock-timeout", "0.5", "--site-packages", str(site))
+    one_line_error(result, 6, "over 0.5 s", "--lock-timeout")
+
+
+def test_concurrent_applies_give_the_bytes_of_one(site):
+    expected = graph_mode_bytes((site / UTILS).read_bytes())
+    script = Path(sys.executable).with_name("llama-graph-patch")
+    runs = [
+        subprocess.Popen([str(script), "apply", "--site-packages", str(site)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0, 0]
+    assert sum(out.startswith("patched:") for out in outputs) == 1
+    assert sum(out.startswith("already applied") for out in outputs) == 3
+    assert (site / UTILS).read_bytes() == expected
+
+
+def test_stale_bytecode_cannot_hide_the_change(site):
+    """An unchecked-hash .pyc is trusted without looking at the source; apply and revert must drop it."""
+    source = site / UTILS
+    cached = Path(cache_from_source(str(source)))
+    probe = "import transformers.generation.utils as u; print(hasattr(u, '_llama_graph_patch_compile'))"
+
+    def imported_patched() -> str:
+        env = {**os.environ, **python_path(site), "PYTHONDONTWRITEBYTECODE": ""}
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env).stdout.strip()
+
+    py_compile.compile(str(source), cfile=str(cached), invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    assert not cached.exists()
+    assert imported_patched() == "True"
+    py_compile.compile(str(source), cfile=str(cached), invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    assert cli.main(["revert", "--site-packages", str(site)]) == 0
+    assert imported_patched() == "False"
+
+
+def test_the_file_mode_is_kept(site):
+    (site / UTILS).chmod(0o640)
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    assert (site / UTILS).stat().st_mode & 0o777 == 0o640
+    assert cli.main(["revert", "--site-packages", str(site)]) == 0
+    assert (site / UTILS).stat().st_mode & 0o777 == 0o640
+
+
+def test_static_cache_patches_two_files_and_switching_is_clean(site, capsys):
+    originals = {name: (site / name).read_bytes() for name in (UTILS, MODELING)}
+    assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
+    status = status_of(site)
+    assert status["patches"] == ["graph-mode", "static-cache"]
+    assert {entry["file"]: entry["patches"] for entry in status["files"]} == {
+        UTILS: ["graph-mode", "static-cache"],
+        MODELING: ["static-cache"],
+    }
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    assert "switched from graph-mode+static-cache to: graph-mode" in capsys.readouterr().out
+    assert (site / MODELING).read_bytes() == originals[MODELING]
+    assert (site / UTILS).read_bytes() == graph_mode_bytes(originals[UTILS])
+    assert not (site / ".llama-graph-patch" / "originals" / MODELING).exists()
+    assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
+    assert cli.main(["revert", "--site-packages", str(site)]) == 0
+    assert {name: (site / name).read_bytes() for name in originals} == originals
+
+
+def test_a_foreign_copy_of_patched_code_is_not_taken_for_ours(site, pristine_site, tmp_path):
+    other = copy_transformers(pristine_site, tmp_path / "other")
+    assert cli.main(["apply", "--site-packages", str(other)]) == 0
+    (site / UTILS).write_bytes((other / UTILS).read_bytes())  # patched file copied without its record
+    assert status_of(site)["state"] == "modified"
+    one_line_error(run_cli("apply", "--site-packages", str(site)), 5, "no record")
+    one_line_error(run_cli("revert", "--force", "--site-packages", str(site)), 5, "no record")
+
+
+def test_python_option_reads_a_venv_without_torch(pristine_site, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    copy_transformers(pristine_site, Path(purelib))
+
+    status = json.loads(run_cli("status", "--json", "--python", str(python)).stdout)
+    assert status["python"] == str(python)
+    assert status["site_packages"] == str(Path(purelib).resolve())
+    assert status["transformers_version"] == "4.31.0"
+    assert status["torch_version"] is None and status["state"] == "unpatched"
+    assert run_cli("apply", "--python", str(python)).returncode == 0
+    assert status_of(Path(purelib))["state"] == "patched"
+    one_line_error(run_cli("status", "--python", str(tmp_path / "no-python")), 2, "no such interpreter")
+
+
+@pytest.mark.parametrize("command", [[], ["apply"], ["revert"], ["status"], ["diff"], ["bench"]])
+def test_every_command_has_help(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0 and "usage: llama-graph-patch" in result.stdout
+
+
+def test_usage_errors_exit_2(site):
+    result = run_cli("apply", "--python", "x", "--site-packages", str(site))
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+    assert run_cli("frobnicate").returncode == 2

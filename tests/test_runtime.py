@@ -1,0 +1,160 @@
+"""The code the graph-mode patch inserts, run inside a patched transformers 4.31.0 in child processes.
+
+The child's import path starts with modules that make `import patcher` / `import patches` fail, so the
+inserted code is shown to work with llama-graph-patch absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import HERE, NPU_STANDINS, POISON, copy_transformers, python_path
+from patcher import installer
+from patcher.locate import find_target
+
+WORKERS = HERE / "workers"
+MODES = ("eager", "max-autotune", "reduce-overhead")
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def graph_mode_site(pristine_site, tmp_path_factory) -> Path:
+    site = copy_transformers(pristine_site, tmp_path_factory.mktemp("graph-mode") / "site-packages")
+    installer.apply(find_target(site_packages=str(site)), ["graph-mode"])
+    return site
+
+
+def run_python(arguments: list, site: Path | None, *first_on_path: Path, env: dict | None = None):
+    """A child interpreter; with `site`, it imports the transformers there and cannot import this tool."""
+    path = [*first_on_path, POISON, site] if site else list(first_on_path)
+    child_env = {**os.environ, **python_path(*path), **(env or {})}
+    child_env.pop("LLAMA_GRAPH_PATCH_TIMING", None)
+    return subprocess.run(
+        [sys.executable, *map(str, arguments)], capture_output=True, text=True, env=child_env, timeout=1800
+    )
+
+
+def generate(site: Path | None, *arguments) -> tuple[dict, str]:
+    result = run_python([WORKERS / "generate.py", *arguments], site)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout), result.stderr
+
+
+def check_timing(records: list, calls: int, prompt_len: int, batch_size: int) -> None:
+    """One record per step and generate call, appended when greedy_search returns."""
+    assert [record["step"] for record in records] == list(range(NEW_TOKENS)) * calls
+    for record in records:
+        assert set(record) == {"step", "phase", "ms", "batch_size", "input_len"}
+        assert record["phase"] == ("prefill" if record["step"] == 0 else "decode")
+        assert record["input_len"] == (prompt_len if record["step"] == 0 else 1)
+        assert record["batch_size"] == batch_size
+        assert isinstance(record["ms"], float) and record["ms"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
+def test_greedy_tokens_match_unpatched_transformers_in_every_mode(graph_mode_site, tmp_path, kv_heads):
+    reference, _ = generate(None, "--kv-heads", kv_heads, "--modes", "reference", "--new-tokens", NEW_TOKENS)
+    results, log = generate(
+        graph_mode_site, "--kv-heads", kv_heads, "--new-tokens", NEW_TOKENS, "--timing-dir", tmp_path
+    )
+    expected = reference["reference"]["tokens"]
+    for mode in MODES:
+        run = results[mode]
+        assert run["tokens"] == expected, mode
+        assert run["second_call_tokens"] == expected, mode
+        graphs = run["graphs_per_step"]
+        if mode == "eager":
+            assert set(graphs + run["graphs_per_step_second_call"]) == {0}
+        else:
+            # prefill, first decode step, then one graph with a dynamic cache length: never one per step
+            assert 1 <= graphs[-1] <= 3 and graphs[3:] == [graphs[-1]] * (NEW_TOKENS - 3), graphs
+            assert run["graphs_per_step_second_call"] == [graphs[-1]] * NEW_TOKENS, "recompiled on a second call"
+        check_timing(run["timing"], calls=2, prompt_len=9, batch_size=3)
+
+    # One log line per generate call, saying mode, backend, dynamic and fullgraph.
+    assert log.count("eager mode on cpu (EXE_MODE=eager), no torch.compile") == 2
+    for mode, inductor in (("max-autotune", "default"), ("reduce-overhead", "reduce-overhead")):
+        line = f"dynamo mode {mode} on cpu, backend=inductor (mode={inductor}), dynamic=True, fullgraph=True"
+        assert log.count(line) == 2, log
+
+
+SETTING_PROBE = """
+import os, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+model = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2)).eval()
+try:
+    model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=2)
+except ValueError as error:
+    print(error)
+"""
+
+
+@pytest.mark.parametrize(
+    "variable, value, allowed",
+    [
+        ("EXE_MODE", "graph", "dynamo, eager"),
+        ("GRAPH_MODE", "fast", "max-autotune, reduce-overhead"),
+        ("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", "turbo", "default, reduce-overhead, max-autotune"),
+    ],
+)
+def test_an_unknown_setting_is_an_error_not_a_fallback(graph_mode_site, variable, value, allowed):
+    result = run_python(["-c", SETTING_PROBE], graph_mode_site, env={"EXE_MODE": "dynamo", variable: value})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{variable}='{value}' is not allowed; use one of: {allowed}" in result.stdout
+
+
+def test_without_the_timing_variable_nothing_is_timed_or_written(graph_mode_site, tmp_path):
+    probe = (
+        "import torch; from transformers.generation import utils; "
+        "print(utils._llama_graph_patch_step_timer(torch.zeros(2, 3)))"
+    )
+    result = run_python(["-c", probe], graph_mode_site, env={"LLAMA_GRAPH_PATCH_TIMING": ""})
+    assert result.returncode == 0 and result.stdout.strip() == "None", result.stderr
+
+
+def test_npu_path_calls_torchair_as_the_guide_does(graph_mode_site):
+    """Stand-in torchair / torch_npu (tests/npu_standins) record what the patch asks of them."""
+    result = run_python([WORKERS / "npu_paths.py"], graph_mode_site, NPU_STANDINS)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout)
+    assert report["stand_ins"] == [True, True]
+    for case, mode, workaround in (
+        ("max_autotune", "max-autotune", False),
+        ("reduce_overhead", "reduce-overhead", False),
+        ("reduce_overhead_torch_2_1", "reduce-overhead", True),
+    ):
+        asked = report[case]
+        assert asked["compile_options"] == [{"dynamic": True, "fullgraph": True}]
+        assert asked["mode"] == mode
+        assert asked["frozen_parameter"] is True
+        assert asked["disable_reinplace_inplaceable_ops_pass"] is workaround
+        assert asked["graphs_captured_by_backend"] >= 1 and asked["same_logits_as_eager"] is True
+    assert report["timer_when_unset"] is True
+    assert report["synchronize"] == {
+        "npu": {"npu": 2, "cuda": 0},
+        "cuda": {"npu": 0, "cuda": 2},
+        "cpu": {"npu": 0, "cuda": 0},
+    }
+
+
+def test_npu_without_torchair_names_it_and_the_fix(graph_mode_site):
+    probe = (
+        "import os; os.environ['EXE_MODE'] = 'dynamo'\n"
+        "from types import SimpleNamespace\n"
+        "from transformers.generation import utils\n"
+        "ids = SimpleNamespace(device=SimpleNamespace(type='npu'))\n"
+        "try:\n    utils._llama_graph_patch_compile(None, ids)\n"
+        "except ImportError as error:\n    print(error)\n"
+    )
+    result = run_python(["-c", probe], graph_mode_site)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "needs torchair, which could not be imported" in result.stdout
+    assert "EXE_MODE=eager" in result.stdout

@@ -1,0 +1,98 @@
+"""Drive the NPU code paths of a patched transformers against the stand-in torchair / torch_npu.
+
+Run with the stand-ins and the patched site-packages first on the import path. Prints one JSON object
+of what the stand-ins and torch.compile were asked. No NPU is involved: the model stays on the CPU and
+only the device type the patch dispatches on says "npu".
+"""
+
+import json
+import os
+import sys
+from types import SimpleNamespace
+
+import torch
+import torch_npu  # the stand-in: installs torch.npu
+import torchair  # the stand-in
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.generation import utils
+from transformers.models.llama import modeling_llama
+
+
+class OnNpu:
+    """What the patch reads of input_ids / a cache tensor to choose the device path."""
+
+    def __init__(self, data_on_cpu):
+        self.data_on_cpu = data_on_cpu
+        self.device = SimpleNamespace(type="npu")
+        self.shape = data_on_cpu.shape
+
+
+def compile_on_npu(graph_mode, torch_version):
+    """Run the patch's compile step for an NPU model and what torch.compile and torchair received."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    ).eval()
+    asked = []
+    real_compile = torch.compile
+
+    def recording_compile(module, **options):
+        asked.append({key: value for key, value in options.items() if key != "backend"})
+        return real_compile(module, **options)
+
+    os.environ.update(EXE_MODE="dynamo", GRAPH_MODE=graph_mode)
+    torch.compile, real_version, torch.__version__ = recording_compile, torch.__version__, torch_version
+    try:
+        compiled = utils._llama_graph_patch_compile(model, OnNpu(torch.zeros(1, 4)))
+    finally:
+        torch.compile, torch.__version__ = real_compile, real_version
+    config = torchair.received_configs[-1]
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        same = torch.equal(compiled(input_ids=ids).logits, model(input_ids=ids).logits)
+    return {
+        "compile_options": asked,
+        "mode": config.mode,
+        "frozen_parameter": config.experimental_config.frozen_parameter,
+        "disable_reinplace_inplaceable_ops_pass": config.debug.aclgraph.disable_reinplace_inplaceable_ops_pass,
+        "graphs_captured_by_backend": len(torchair.captured_graphs),
+        "same_logits_as_eager": same,
+    }
+
+
+def synchronize_calls(device_type):
+    """How often the step timer synchronizes torch.npu and torch.cuda for a device of this type."""
+    cuda_calls = []
+    torch.cuda.synchronize = lambda device=None: cuda_calls.append(device)
+    before = len(torch_npu.synchronize_calls)
+    timer = utils._LlamaGraphPatchStepTimer(os.devnull, SimpleNamespace(type=device_type), 1)
+    timer.start()
+    timer.stop({"input_ids": torch.zeros(1, 3)})
+    return {"npu": len(torch_npu.synchronize_calls) - before, "cuda": len(cuda_calls)}
+
+
+def static_cache_write_on_npu():
+    cache = torch.zeros(2, 3, 8, 4)
+    states = torch.randn(2, 3, 1, 4)
+    slots = torch.tensor([5])
+    modeling_llama.llama_graph_patch_write_cache(OnNpu(cache), states, slots)
+    expected = torch.zeros(2, 3, 8, 4).index_copy_(2, slots, states)
+    return {"scatter_updates": torch_npu.scatter_updates, "same_as_index_copy": torch.equal(cache, expected)}
+
+
+def main():
+    os.environ.pop("LLAMA_GRAPH_PATCH_TIMING", None)
+    report = {
+        "stand_ins": [torchair.STAND_IN, torch_npu.STAND_IN],
+        "max_autotune": compile_on_npu("max-autotune", torch.__version__),
+        "reduce_overhead": compile_on_npu("reduce-overhead", "2.5.1"),
+        "reduce_overhead_torch_2_1": compile_on_npu("reduce-overhead", "2.1.0+cpu"),
+        "timer_when_unset": utils._llama_graph_patch_step_timer(torch.zeros(1, 2)) is None,
+        "synchronize": {kind: synchronize_calls(kind) for kind in ("npu", "cuda", "cpu")},
+        "static_cache_write": static_cache_write_on_npu() if hasattr(modeling_llama, "llama_graph_patch_write_cache") else None,
+    }
+    json.dump(report, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
