@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ MODELING = "transformers/models/llama/modeling_llama.py"
 # Stand-ins for the Ascend packages, and modules that make importing this tool fail.
 NPU_STANDINS = HERE / "npu_standins"
 POISON = HERE / "poison"
+WORKERS = HERE / "workers"
 
 
 def installed_site_packages() -> Path:
@@ -50,3 +52,20 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 def python_path(*entries: Path) -> dict:
     """Environment that puts `entries` first on the import path of a child interpreter."""
     return {"PYTHONPATH": os.pathsep.join(str(entry) for entry in entries)}
+
+
+def run_python(arguments: list, site: Path | None, *first_on_path: Path, env: dict | None = None):
+    """A child interpreter; with `site`, it imports the transformers there and cannot import this tool."""
+    path = [*first_on_path, POISON, site] if site else list(first_on_path)
+    inherited = {name: value for name, value in os.environ.items() if name != "LLAMA_GRAPH_PATCH_TIMING"}
+    child_env = {**inherited, **python_path(*path), **(env or {})}
+    return subprocess.run(
+        [sys.executable, *map(str, arguments)], capture_output=True, text=True, env=child_env, timeout=1800
+    )
+
+
+def generate(site: Path | None, *arguments, env: dict | None = None) -> tuple[dict, str]:
+    """tests/workers/generate.py in a child interpreter: its JSON report and its log."""
+    result = run_python([WORKERS / "generate.py", *arguments], site, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout), result.stderr

@@ -7,18 +7,14 @@ inserted code is shown to work with llama-graph-patch absent.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import HERE, NPU_STANDINS, POISON, copy_transformers, python_path
+from helpers import NPU_STANDINS, WORKERS, copy_transformers, generate, run_python
 from patcher import installer
 from patcher.locate import find_target
 
-WORKERS = HERE / "workers"
 MODES = ("eager", "max-autotune", "reduce-overhead")
 NEW_TOKENS = 24
 
@@ -28,22 +24,6 @@ def graph_mode_site(pristine_site, tmp_path_factory) -> Path:
     site = copy_transformers(pristine_site, tmp_path_factory.mktemp("graph-mode") / "site-packages")
     installer.apply(find_target(site_packages=str(site)), ["graph-mode"])
     return site
-
-
-def run_python(arguments: list, site: Path | None, *first_on_path: Path, env: dict | None = None):
-    """A child interpreter; with `site`, it imports the transformers there and cannot import this tool."""
-    path = [*first_on_path, POISON, site] if site else list(first_on_path)
-    child_env = {**os.environ, **python_path(*path), **(env or {})}
-    child_env.pop("LLAMA_GRAPH_PATCH_TIMING", None)
-    return subprocess.run(
-        [sys.executable, *map(str, arguments)], capture_output=True, text=True, env=child_env, timeout=1800
-    )
-
-
-def generate(site: Path | None, *arguments) -> tuple[dict, str]:
-    result = run_python([WORKERS / "generate.py", *arguments], site)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout), result.stderr
 
 
 def check_timing(records: list, calls: int, prompt_len: int, batch_size: int) -> None:
