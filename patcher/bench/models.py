@@ -1,0 +1,193 @@
+"""The models the benchmark runs: a checkpoint folder, the embedded tiny Llama, or a random preset.
+
+The embedded model is a real checkpoint folder (config.json, model.safetensors, a sentencepiece
+tokenizer.model) built deterministically on first use and loaded through the same from_pretrained path
+as a real checkpoint. Its weights are random: reports say so, so nobody reads them as Llama-2 numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import filelock
+
+from patcher import __version__
+from patcher.errors import UsageError
+
+EMBEDDED_NAME = "llama-graph-patch embedded tiny Llama (random weights, not Llama-2)"
+
+# The guide's accuracy prompts (the seed document's four questions): the benchmark's default prompts.
+GUIDE_PROMPTS = (
+    "用一句话描述地球为什么是独一无二的。",
+    "给出一段对话，使用合适的语气和回答方式继续对话。对话：A：你今天看起来很高兴，发生了什么好事？"
+    "B：是的，我刚刚得到一份来自梅西银行的工作通知书。A：哇，恭喜你！你打算什么时候开始工作？"
+    "B：下个月开始，所以我现在正为这份工作做准备。",
+    "What's your name?",
+    "Why is the sky blue?",
+)
+
+# Grouped-query attention like Llama-2-70B's, small enough that `make bench` (three modes, two of them
+# compiling) fits in 5 minutes on 2 cores. On a CPU a model this small is bound by per-operator host
+# overhead, as decode on an accelerator is: the overhead graph mode removes.
+EMBEDDED_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 344,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+EMBEDDED_VOCAB = 512
+
+# Llama-2-7B's shape (public config of meta-llama/Llama-2-7b-hf), for --preset on a GPU or NPU.
+PRESETS = {
+    "llama2-7b": {
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+}
+
+# Text the embedded tokenizer learns its pieces from (written for this project), with the guide's prompts.
+TOKENIZER_TEXT = """\
+Graph mode compiles the model once and replays the compiled graph for every step of decoding.
+Eager mode runs one operator at a time, and the host launches each of them in turn.
+A static cache keeps every key and value tensor at the same shape from the first token to the last.
+The prefill step reads the whole prompt; each decode step reads one new token and the cache.
+Latency is measured per step after the device has finished its queued work.
+What is the answer? Why does it take so long? How many tokens per second does it reach?
+The weights of this model are random numbers, so its answers are random words.
+我们在每一步之后同步设备并记录时间。图模式把模型编译一次，然后重复执行。
+"""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("LLAMA_GRAPH_PATCH_CACHE", os.path.join(base, "llama-graph-patch")))
+
+
+def embedded_model(cache_dir: Path | None = None) -> Path:
+    """The embedded checkpoint folder, built on first use (under a lock, renamed into place whole)."""
+    folder = (cache_dir or default_cache_dir()) / f"embedded-tiny-llama-{__version__}"
+    if (folder / "model.safetensors").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(folder) + ".lock"):
+        if not (folder / "model.safetensors").exists():
+            staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
+            try:
+                build_embedded_model(staging)
+                staging.chmod(0o755)
+                os.replace(staging, folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def build_embedded_model(folder: Path) -> None:
+    """Write the embedded checkpoint into `folder`: the same bytes on every build with one torch."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    (folder / "tokenizer.model").write_bytes(train_tokenizer(TOKENIZER_TEXT.splitlines() + list(GUIDE_PROMPTS)))
+    write_json(
+        folder / "tokenizer_config.json",
+        {
+            "tokenizer_class": "LlamaTokenizer",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "legacy": True,
+            "model_max_length": EMBEDDED_CONFIG["max_position_embeddings"],
+            "clean_up_tokenization_spaces": False,
+        },
+    )
+    config = LlamaConfig(vocab_size=EMBEDDED_VOCAB, **EMBEDDED_CONFIG)
+    config.architectures = ["LlamaForCausalLM"]
+    config.torch_dtype = "float32"
+    write_json(folder / "config.json", config.to_dict())
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    # The initializer's 0.02 leaves near-uniform logits; a wider spread makes greedy choices decisive.
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for name, parameter in sorted(model.named_parameters()):
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 0.08, generator=generator)
+    tensors = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def train_tokenizer(lines: list[str]) -> bytes:
+    """A small byte-fallback BPE sentencepiece model with Llama's special ids (unk 0, bos 1, eos 2)."""
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter([line for line in lines if line.strip()]),
+        model_writer=model,
+        vocab_size=EMBEDDED_VOCAB,
+        hard_vocab_limit=False,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        num_threads=1,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def checkpoint_config(folder: str) -> dict:
+    """config.json of a Llama checkpoint folder, or a usage error saying what is wrong with it."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise UsageError(f"--model-path {folder}: no such folder")
+    config = path / "config.json"
+    if not config.is_file():
+        raise UsageError(f"--model-path {folder}: no config.json, not a transformers checkpoint")
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if data.get("model_type") != "llama":
+        raise UsageError(
+            f"--model-path {folder}: model_type is {data.get('model_type')!r}, not 'llama'; the patches and "
+            "this benchmark are for Llama checkpoints"
+        )
+    return data
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over the files of a checkpoint folder, to tell embedded builds apart in reports."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,131 @@
+"""The benchmark's outputs: console table (the guide's columns and more), JSON, Markdown, PNG plot."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+COLUMNS = (
+    # header, key in a mode's report, format
+    ("mode", None, "{}"),
+    ("batch", None, "{}"),
+    ("prefill ms", "prefill_ms", "{:.2f}"),
+    ("decode ms", "decode_ms_mean", "{:.2f}"),
+    ("p90 ms", "decode_ms_p90", "{:.2f}"),
+    ("tokens/s", "tokens_per_s", "{:.1f}"),
+    ("memory MB", "peak_memory_mb", "{:.0f}"),
+    ("speed-up", "decode_speedup_vs_eager", "{:.2f}x"),
+    ("agree", "token_agreement_vs_eager", "{:.0%}"),
+    ("warm-up s", "warmup_s", "{:.1f}"),
+)
+
+
+def host_cpu() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def rows(report: dict) -> list[list[str]]:
+    batch = str(report["metadata"]["batch_size"])
+    table = []
+    for mode, numbers in report["modes"].items():
+        if numbers["status"] != "ok":
+            table.append([mode, batch, f"FAILED: {numbers['error']}"])
+            continue
+        cells = [mode, batch]
+        for _, key, form in COLUMNS[2:]:
+            value = numbers.get(key)
+            cells.append("-" if value is None else form.format(value))
+        table.append(cells)
+    return table
+
+
+def console_table(report: dict) -> str:
+    headers = [header for header, _, _ in COLUMNS]
+    table = rows(report)
+    widths = [max(len(header), *(len(row[i]) for row in table if i < len(row))) for i, header in enumerate(headers)]
+    lines = ["  ".join(header.rjust(width) if i else header.ljust(width) for i, (header, width) in enumerate(zip(headers, widths)))]
+    for row in table:
+        lines.append("  ".join(cell.rjust(widths[i]) if i else cell.ljust(widths[i]) for i, cell in enumerate(row)))
+    meta = report["metadata"]
+    lines.append(
+        f"{meta['model']} | {meta['device']} | {meta['dtype']} | batch {meta['batch_size']}, input {meta['input_len']}, "
+        f"new tokens {meta['max_new_tokens']} | static cache: {'on' if meta['static_cache'] else 'off'}"
+    )
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    meta = report["metadata"]
+    headers = [header for header, _, _ in COLUMNS]
+    lines = [
+        f"# llama-graph-patch bench, {meta['time']}",
+        "",
+        f"- model: {meta['model']}",
+        f"- device: {meta['device']} (host CPU: {meta['host_cpu']})",
+        f"- dtype {meta['dtype']}, batch {meta['batch_size']}, input {meta['input_len']} tokens (left-padded), "
+        f"{meta['max_new_tokens']} new tokens, {meta['warmup_runs']} warm-up + {meta['runs']} measured run(s)",
+        f"- patches: {', '.join(meta['patches']) or 'none'}; static cache: "
+        + (f"on, {meta['static_cache_mb']:.1f} MB preallocated" if meta["static_cache"] else "off"),
+        f"- torch {meta['torch_version']}, transformers {meta['transformers_version']}, python {meta['python']}, "
+        f"llama-graph-patch {meta['tool_version']}",
+        f"- command: `{meta['command']}`",
+        "",
+        "Prefill is the first step of a generate call, decode the mean of the later steps (device-synchronized).",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+    ]
+    for row in rows(report):
+        lines.append("| " + " | ".join(row + [""] * (len(headers) - len(row))) + " |")
+    bandwidth = [
+        f"- {mode}: {numbers['decode_bandwidth_gbs']:.1f} GB/s per decode step"
+        + (f", {numbers['decode_bandwidth_pct_of_peak']:.0f}% of peak" if numbers["decode_bandwidth_pct_of_peak"] else "")
+        for mode, numbers in report["modes"].items()
+        if numbers["status"] == "ok" and numbers["decode_bandwidth_gbs"]
+    ]
+    if bandwidth:
+        lines += ["", f"Memory read per decode step (weights: {meta['model_bytes'] / 2**20:.0f} MiB, plus keys and values):", *bandwidth]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown(report), encoding="utf-8")
+
+
+def plot(report: dict, path: Path) -> None:
+    """Latency of every step of the last measured run, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(9, 4.5))
+    for mode, numbers in report["modes"].items():
+        if numbers["status"] == "ok":
+            steps = numbers["step_ms"]
+            axes.plot(range(1, len(steps)), steps[1:], label=f"{mode} (prefill {steps[0]:.1f} ms)", linewidth=1)
+    meta = report["metadata"]
+    axes.set_xlabel("decode step")
+    axes.set_ylabel("ms per step (device-synchronized)")
+    axes.set_title(f"{meta['model']}\n{meta['device']}, batch {meta['batch_size']}, input {meta['input_len']}", fontsize=9)
+    axes.set_ylim(bottom=0)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)

@@ -1,0 +1,204 @@
+"""One benchmark mode in its own process: load the model, warm up, run the measured generations.
+
+The parent (patcher/bench/runner.py) sets EXE_MODE, GRAPH_MODE and LLAMA_GRAPH_PATCH_STATIC_CACHE
+before starting it. The patched greedy_search writes the per-step timing records; this process writes
+its result as JSON and reports progress as JSON lines on stdout.
+
+    python -m patcher.bench.worker --plan PLAN.json --result RESULT.json --timing TIMING.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run one benchmark mode (started by llama-graph-patch bench).")
+    parser.add_argument("--plan", required=True, help="the benchmark plan, JSON written by the parent")
+    parser.add_argument("--result", required=True, help="where to write this mode's result")
+    parser.add_argument("--timing", required=True, help="the step timing file for the measured runs")
+    args = parser.parse_args()
+    with open(args.plan, encoding="utf-8") as source:
+        plan = json.load(source)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    result = run(plan, args.timing)
+    with open(args.result, "w", encoding="utf-8") as sink:
+        json.dump(result, sink)
+
+
+def progress(**event) -> None:
+    print(json.dumps(event), flush=True)
+
+
+class TokenProgress:
+    """A generate() streamer that reports generated tokens to the parent, at most ten times a second."""
+
+    def __init__(self) -> None:
+        self.prompt_seen = False
+        self.pending = 0
+        self.last = 0.0
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first puts the prompt
+            self.prompt_seen = True
+            return
+        self.pending += 1
+        if time.monotonic() - self.last > 0.1:
+            self.flush()
+
+    def end(self) -> None:
+        self.flush()
+        self.prompt_seen = False
+
+    def flush(self) -> None:
+        if self.pending:
+            progress(event="tokens", count=self.pending)
+        self.pending = 0
+        self.last = time.monotonic()
+
+
+def run(plan: dict, timing_path: str) -> dict:
+    import torch
+
+    device = resolve_device(plan["device"], torch)
+    dtype = resolve_dtype(plan["dtype"], device, torch)
+    progress(event="phase", name="loading")
+    model, tokenizer = load(plan, device, dtype, torch)
+    prompts = [plan["prompts"][row % len(plan["prompts"])] for row in range(plan["batch_size"])]
+    inputs = tokenizer(
+        prompts, return_tensors="pt", padding="max_length", max_length=plan["input_len"], truncation=True
+    ).to(device)
+    new_tokens = plan["max_new_tokens"]
+    options = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,  # EOS cannot end a run early
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=tokenizer.pad_token_id,
+        streamer=TokenProgress(),
+    )
+
+    os.environ.pop("LLAMA_GRAPH_PATCH_TIMING", None)
+    warmup_s = None
+    with torch.no_grad():
+        for run_index in range(plan["warmup_runs"]):
+            progress(event="phase", name="warm-up" if run_index else "compile + warm-up")
+            started = time.perf_counter()
+            model.generate(**inputs, **options)
+            synchronize(device, torch)
+            if run_index == 0:
+                warmup_s = time.perf_counter() - started
+        os.environ["LLAMA_GRAPH_PATCH_TIMING"] = timing_path
+        progress(event="phase", name="measuring")
+        sequences = [model.generate(**inputs, **options) for _ in range(plan["runs"])]
+    generated = sequences[-1][:, plan["input_len"] :]
+    cache = model.__dict__.get("llama_graph_patch_kv_cache")
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    element = torch.finfo(dtype).bits // 8
+    return {
+        "device": device_name(device, torch),
+        "device_type": device.type,
+        "dtype": str(dtype).replace("torch.", ""),
+        "new_tokens": [int(sequence.shape[1]) - plan["input_len"] for sequence in sequences],
+        "tokens": generated.tolist(),
+        "answers": None if plan["preset"] else tokenizer.batch_decode(generated, skip_special_tokens=True),
+        "warmup_s": warmup_s,
+        "peak_memory_mb": peak_memory_mb(device, torch),
+        "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        # keys and values of every layer, per token of the batch
+        "kv_bytes_per_token": 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element
+        * plan["batch_size"],
+        "static_cache_mb": cache.nbytes / 2**20 if cache is not None else None,
+        "peak_bandwidth_gbs": peak_bandwidth_gbs(device, torch),
+    }
+
+
+def resolve_device(asked: str, torch):
+    if asked == "npu" or asked == "auto" and npu_available():
+        import torch_npu  # noqa: F401  (registers the npu device)
+
+        return torch.device("npu")
+    if asked == "cuda" or asked == "auto" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def npu_available() -> bool:
+    try:
+        import torch_npu  # noqa: F401
+    except ImportError:
+        return False
+    import torch
+
+    return torch.npu.is_available()
+
+
+def resolve_dtype(asked: str, device, torch):
+    if asked == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    return getattr(torch, asked)
+
+
+def load(plan: dict, device, dtype, torch):
+    """Model and slow tokenizer as the upstream benchmark loads them: left padding, pad token = EOS."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(plan["tokenizer_path"], use_fast=False, padding_side="left")
+    tokenizer.pad_token = tokenizer.eos_token
+    if plan["preset"]:
+        from patcher.bench.models import PRESETS
+
+        with torch.device(device):
+            model = LlamaForCausalLM._from_config(LlamaConfig(**PRESETS[plan["preset"]]), torch_dtype=dtype)
+    else:
+        model = LlamaForCausalLM.from_pretrained(plan["model_path"], torch_dtype=dtype).to(device)
+    return model.eval(), tokenizer
+
+
+def synchronize(device, torch) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "npu":
+        torch.npu.synchronize()
+
+
+def device_name(device, torch) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "npu":
+        return torch.npu.get_device_name()
+    from patcher.bench.report import host_cpu
+
+    return f"cpu ({host_cpu()})"
+
+
+def peak_memory_mb(device, torch) -> float:
+    """Most device memory torch allocated (cuda, npu), or the process's peak resident size (cpu)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "npu":
+        return torch.npu.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def peak_bandwidth_gbs(device, torch) -> float | None:
+    """Theoretical memory bandwidth of a CUDA device from its clock and bus width, where torch says."""
+    if device.type != "cuda":
+        return None
+    properties = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(properties, "memory_clock_rate", None)
+    bus_bits = getattr(properties, "memory_bus_width", None)
+    if not clock_khz or not bus_bits:
+        return None
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9  # double data rate
+
+
+if __name__ == "__main__":
+    main()

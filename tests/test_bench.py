@@ -1,0 +1,187 @@
+"""`llama-graph-patch bench` end to end on tiny models, its refusals, and its arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy
+import pytest
+
+from helpers import copy_transformers, python_path, run_cli
+from patcher import installer
+from patcher.bench import models, stats
+from patcher.locate import find_target
+
+MODES = ("eager", "max-autotune", "reduce-overhead")
+
+
+@pytest.fixture(scope="module")
+def graph_mode_site(pristine_site, tmp_path_factory) -> Path:
+    site = copy_transformers(pristine_site, tmp_path_factory.mktemp("bench") / "site-packages")
+    installer.apply(find_target(site_packages=str(site)), ["graph-mode"])
+    return site
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory) -> Path:
+    """Where the embedded model gets built for these tests (not the user's cache)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, embedded) -> Path:
+    """A two-layer grouped-query Llama checkpoint with the embedded tokenizer: quick to compile."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer_source = models.embedded_model(embedded)
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (folder / name).write_bytes((tokenizer_source / name).read_bytes())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=models.EMBEDDED_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def bench(site: Path, cache: Path, *arguments: str, env: dict | None = None):
+    environment = {**python_path(site), "LLAMA_GRAPH_PATCH_CACHE": str(cache), **(env or {})}
+    return run_cli("bench", *arguments, env=environment, timeout=1800)
+
+
+@pytest.mark.slow
+def test_bench_runs_three_modes_and_reports_every_field(graph_mode_site, embedded, tiny_checkpoint, tmp_path):
+    out = tmp_path / "results"
+    result = bench(
+        graph_mode_site, embedded,
+        "--model-path", str(tiny_checkpoint), "--batch-size", "2", "--input-len", "24", "--max-new-tokens", "8",
+        "--runs", "2", "--output-json", str(out / "b.json"), "--output-md", str(out / "b.md"), "--plot", str(out / "b.png"),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((out / "b.json").read_text())
+    meta = report["metadata"]
+    for field in (
+        "tool_version", "torch_version", "transformers_version", "torch_npu_version", "torchair_version", "device",
+        "host_cpu", "python", "model", "dtype", "batch_size", "input_len", "max_new_tokens", "time", "patches",
+        "static_cache", "static_cache_mb", "weights", "model_bytes", "command",
+    ):
+        assert field in meta, field
+    assert meta["patches"] == ["graph-mode"] and meta["static_cache"] is False
+    assert (meta["batch_size"], meta["input_len"], meta["max_new_tokens"]) == (2, 24, 8)
+    assert meta["transformers_version"] == "4.31.0" and meta["dtype"] == "float32"
+    assert list(report["modes"]) == list(MODES)
+    for mode, numbers in report["modes"].items():
+        assert numbers["status"] == "ok" and numbers["error"] is None, mode
+        assert numbers["prefill_ms"] > 0 and numbers["decode_ms_mean"] > 0
+        assert numbers["decode_ms_p50"] <= numbers["decode_ms_p90"] <= numbers["decode_ms_p99"]
+        assert numbers["tokens_per_s"] == pytest.approx(2 * 1000 / numbers["decode_ms_mean"])
+        assert numbers["new_tokens"] == 8 and numbers["new_tokens_as_asked"] is True
+        assert len(numbers["step_ms"]) == 8 and len(numbers["tokens"]) == 2 and len(numbers["answers"]) == 2
+        assert numbers["warmup_s"] > 0 and numbers["peak_memory_mb"] > 0
+        assert numbers["token_agreement_vs_eager"] == 1.0, mode
+        assert numbers["model_bytes"] > 0 and numbers["decode_bandwidth_gbs"] > 0
+    assert report["modes"]["eager"]["decode_speedup_vs_eager"] == 1.0
+    assert "| mode | batch | prefill ms | decode ms |" in (out / "b.md").read_text()
+    assert (out / "b.png").read_bytes().startswith(b"\x89PNG")
+    assert result.stdout.splitlines()[0].split()[:4] == ["mode", "batch", "prefill", "ms"]
+    assert "max-autotune" in result.stderr and "tok" in result.stderr  # the progress bars
+
+
+def test_a_failing_mode_is_reported_and_the_others_still_run(graph_mode_site, embedded, tmp_path):
+    report_path = tmp_path / "b.json"
+    result = bench(
+        graph_mode_site, embedded,
+        "--modes", "eager,max-autotune", "--batch-size", "2", "--input-len", "16", "--max-new-tokens", "4",
+        "--output-json", str(report_path),
+        env={"LLAMA_GRAPH_PATCH_INDUCTOR_MODE": "turbo"},  # makes the dynamo mode raise at its first generate
+    )
+    assert result.returncode == 8, result.stderr[-3000:]
+    assert "1 of 2 modes failed" in result.stderr.strip().splitlines()[-1]
+    report = json.loads(report_path.read_text())
+    assert report["modes"]["eager"]["status"] == "ok"
+    failed = report["modes"]["max-autotune"]
+    assert failed["status"] == "failed"
+    assert "LLAMA_GRAPH_PATCH_INDUCTOR_MODE='turbo' is not allowed" in failed["error"]
+    assert Path(failed["log"]).exists()
+    assert "random weights, not Llama-2" in report["metadata"]["model"]
+
+
+def test_the_upstream_flags_run_the_single_mode_they_name(graph_mode_site, embedded, tiny_checkpoint, tmp_path):
+    report_path = tmp_path / "b.json"
+    result = bench(
+        graph_mode_site, embedded,
+        "--model_path", str(tiny_checkpoint), "--execute_mode", "eager", "--batch-size", "1", "--input-len", "8",
+        "--max-new-tokens", "2", "--output-json", str(report_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(json.loads(report_path.read_text())["modes"]) == ["eager"]
+
+
+@pytest.mark.parametrize(
+    "arguments, code, message",
+    [
+        (["--modes", "eager,turbo"], 2, "unknown mode turbo"),
+        (["--input-len", "2000", "--max-new-tokens", "100"], 2, "= 2100 exceeds the model's max_position_embeddings 2048"),
+        (["--model-path", "/no/such/model"], 2, "no such folder"),
+        (["--static-cache"], 7, "run: llama-graph-patch apply --static-cache"),
+        (["--modes", "eager", "--execute_mode", "eager"], 2, "exclude each other"),
+    ],
+)
+def test_refusals(graph_mode_site, embedded, arguments, code, message):
+    result = bench(graph_mode_site, embedded, *arguments)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+
+
+def test_refuses_a_checkpoint_that_is_not_llama(graph_mode_site, embedded, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    result = bench(graph_mode_site, embedded, "--model-path", str(tmp_path))
+    assert result.returncode == 2 and "model_type is 'gpt2', not 'llama'" in result.stderr
+
+
+def test_refuses_an_unpatched_transformers(pristine_site, embedded):
+    result = bench(pristine_site, embedded, "--modes", "eager")
+    assert result.returncode == 7
+    assert f"({pristine_site}) is unpatched; run: llama-graph-patch apply" in result.stderr
+
+
+def test_the_embedded_model_is_the_same_bytes_every_build(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+        models.build_embedded_model(folder)
+    names = sorted(path.name for path in first.iterdir())
+    assert names == ["config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"]
+    assert all((first / name).read_bytes() == (second / name).read_bytes() for name in names)
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(first, use_fast=False)
+    assert type(tokenizer).__name__ == "LlamaTokenizer"
+    for prompt in models.GUIDE_PROMPTS:
+        assert tokenizer.decode(tokenizer(prompt)["input_ids"], skip_special_tokens=True) == prompt
+    model = LlamaForCausalLM.from_pretrained(first)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query attention
+
+
+def test_statistics_follow_their_definitions():
+    records = [{"step": step, "ms": ms} for step, ms in enumerate([50.0, 4.0, 6.0, 5.0])] * 2
+    runs = stats.split_runs(records)
+    assert len(runs) == 2 and [r["ms"] for r in runs[1]] == [50.0, 4.0, 6.0, 5.0]
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+    for share in (50, 90, 99):
+        assert stats.percentile(values, share) == pytest.approx(numpy.percentile(values, share))
+    assert stats.agreement([[1, 2], [3, 4]], [[1, 2], [3, 5]]) == 0.75
+    result = {"model_bytes": 1000, "kv_bytes_per_token": 10, "static_cache_mb": None, "peak_bandwidth_gbs": 2.0}
+    plan = {"input_len": 100, "max_new_tokens": 4}
+    numbers = stats.bandwidth(result, [records[:4]], plan)
+    # decode steps 1, 2, 3 attend over 101, 102, 103 tokens; 15 ms in all
+    assert numbers["decode_bandwidth_gbs"] == pytest.approx((3 * 1000 + 306 * 10) / 0.015 / 1e9)
+    static = stats.bandwidth({**result, "static_cache_mb": 1.0}, [records[:4]], plan)
+    assert static["decode_bytes_per_step"] == 1000 + 104 * 10
