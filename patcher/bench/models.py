@@ -84,7 +84,7 @@ def default_cache_dir() -> Path:
 
 def embedded_model(cache_dir: Path | None = None) -> Path:
     """The embedded checkpoint folder, built on first use (under a lock, renamed into place whole)."""
-    folder = (cache_dir or default_cache_dir()) / f"embedded-tiny-llama-{__version__}"
+    folder = (cache_dir or default_cache_dir()) / f"embedded-tiny-llama-{recipe_digest()}"
     if (folder / "model.safetensors").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +98,14 @@ def embedded_model(cache_dir: Path | None = None) -> Path:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def recipe_digest() -> str:
+    """Names the cache folder after what the build depends on, so a changed recipe builds anew."""
+    import torch
+
+    recipe = [__version__, torch.__version__, EMBEDDED_CONFIG, EMBEDDED_VOCAB, TOKENIZER_TEXT, GUIDE_PROMPTS]
+    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
 
 
 def build_embedded_model(folder: Path) -> None:

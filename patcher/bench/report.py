@@ -50,7 +50,7 @@ def rows(report: dict) -> list[list[str]]:
 def console_table(report: dict) -> str:
     headers = [header for header, _, _ in COLUMNS]
     table = rows(report)
-    widths = [max(len(header), *(len(row[i]) for row in table if i < len(row))) for i, header in enumerate(headers)]
+    widths = [max([len(header), *(len(row[i]) for row in table if i < len(row))]) for i, header in enumerate(headers)]
     lines = ["  ".join(header.rjust(width) if i else header.ljust(width) for i, (header, width) in enumerate(zip(headers, widths)))]
     for row in table:
         lines.append("  ".join(cell.rjust(widths[i]) if i else cell.ljust(widths[i]) for i, cell in enumerate(row)))

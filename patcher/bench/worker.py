@@ -74,6 +74,12 @@ def run(plan: dict, timing_path: str) -> dict:
     inputs = tokenizer(
         prompts, return_tensors="pt", padding="max_length", max_length=plan["input_len"], truncation=True
     ).to(device)
+    if int(inputs["input_ids"].max()) >= model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer made ids up to {int(inputs['input_ids'].max())} for a model of {model.config.vocab_size} "
+            "tokens: transformers 4.31 without tokenizers<0.14 adds the special tokens as new ids; "
+            "pip install 'tokenizers<0.14'"
+        )
     new_tokens = plan["max_new_tokens"]
     options = dict(
         max_new_tokens=new_tokens,

@@ -78,6 +78,7 @@ def record_input_shapes(model, shapes):
 
 
 def run_mode(mode, args, input_ids, attention_mask):
+    input_ids, attention_mask = input_ids.to(args.device), attention_mask.to(args.device)
     from torch._dynamo.utils import counters
 
     os.environ["EXE_MODE"] = "eager" if mode in ("eager", "reference") else "dynamo"
@@ -87,7 +88,7 @@ def run_mode(mode, args, input_ids, attention_mask):
         os.environ["LLAMA_GRAPH_PATCH_TIMING"] = timing
     torch._dynamo.reset()
     counters.clear()
-    model = tiny_llama(args.kv_heads)
+    model = tiny_llama(args.kv_heads).to(args.device)
     shapes = []
     record_input_shapes(model, shapes)
     outputs = []
@@ -128,6 +129,7 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--modes", default="eager,max-autotune,reduce-overhead")
     parser.add_argument("--timing-dir")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     parser.add_argument(
         "--forbid-recompiles", action="store_true", help="fail_on_recompile from the first decode step on"
     )

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The GPU checks of the project, as one prepared run on a lent GPU machine (Python 3.12, its own torch).
+#
+#   PARTS="tiny static growing" OUT=dir benchmarks/gpu_run.sh
+#
+# Prints the summaries and writes each part's report into $OUT as soon as the part ends (a run cut off
+# by its time limit keeps what finished); the logs go into $OUT/gpu-logs.tar.gz after every part.
+#
+# tiny:    greedy tokens of a tiny random Llama on CUDA, unpatched vs eager / max-autotune /
+#          reduce-overhead, with the growing and the static KV cache.
+# static:  bench --preset llama2-7b ... --static-cache (all three modes)
+# growing: bench --preset llama2-7b ... (all three modes, transformers' own growing cache)
+#
+# Needs, in $WHEELS (default .whl): transformers 4.31.0, huggingface_hub 0.36.2, libcst and this project.
+# transformers 4.31 refuses tokenizers >= 0.14, so the image's tokenizers is uninstalled first (the slow
+# sentencepiece tokenizer needs none). Everything is installed into /tmp/site, first on PYTHONPATH.
+set -uo pipefail
+
+PY=${PY:-python3}
+WHEELS=${WHEELS:-.whl}
+OUT=${OUT:-$PWD/gpu-out}
+WORK=${WORK:-/tmp/gpu-work}
+PARTS=${PARTS:-"tiny static growing"}
+DEVICE=${DEVICE:-cuda}
+BENCH=${BENCH:-"--preset llama2-7b --dtype float16 --batch-size 4 --input-len 1024 --max-new-tokens 256"}
+MODE_TIMEOUT=${MODE_TIMEOUT:-240}
+SITE=${SITE:-/tmp/site}
+REFERENCE=${REFERENCE:-/tmp/reference}
+mkdir -p "$OUT" "$WORK"
+log() { echo "[$(date +%T)] $*"; }
+
+if [ ! -d "$SITE/transformers" ]; then
+  log "installing into $SITE"
+  [ "${UNINSTALL_TOKENIZERS:-1}" = 1 ] && "$PY" -m pip uninstall -y -q tokenizers 2>/dev/null
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl || exit 1
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$REFERENCE" "$WHEELS"/transformers-*.whl || exit 1
+fi
+export PYTHONPATH=$SITE
+"$PY" -m patcher apply --static-cache || exit 1
+"$PY" -m patcher status --json > "$WORK/status.json"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/gpu.csv" 2>/dev/null
+
+for part in $PARTS; do
+  case $part in
+  tiny)
+    log "tiny model on $DEVICE"
+    common=(tests/workers/generate.py --kv-heads 2 --new-tokens 32 --device "$DEVICE")
+    PYTHONPATH=$REFERENCE:$SITE "$PY" "${common[@]}" --modes reference > "$WORK/tiny-reference.json" 2> "$WORK/tiny-reference.log"
+    LLAMA_GRAPH_PATCH_STATIC_CACHE=0 "$PY" "${common[@]}" --timing-dir "$WORK" > "$WORK/tiny-growing.json" 2> "$WORK/tiny-growing.log"
+    LLAMA_GRAPH_PATCH_STATIC_CACHE=1 "$PY" "${common[@]}" --forbid-recompiles > "$WORK/tiny-static.json" 2> "$WORK/tiny-static.log"
+    "$PY" - "$WORK" <<'EOF' | tee "$OUT/tiny-summary.txt"
+import json, sys
+out = sys.argv[1]
+reference = json.load(open(f"{out}/tiny-reference.json"))["reference"]["tokens"]
+for cache in ("growing", "static"):
+    try:
+        results = json.load(open(f"{out}/tiny-{cache}.json"))
+    except (OSError, ValueError) as error:
+        print(f"{cache} cache: no result ({error}); see tiny-{cache}.log")
+        continue
+    for mode, run in results.items():
+        same = run["tokens"] == reference and run["second_call_tokens"] == reference
+        print(f"{cache} cache, {mode}: tokens identical to unpatched transformers: {same}; "
+              f"graphs after each step: {sorted(set(run['graphs_per_step']))}; static cache: {run['static_cache']}")
+EOF
+    ;;
+  static | growing)
+    flag=""
+    [ "$part" = static ] && flag="--static-cache"
+    log "bench, $part cache"
+    modes=eager,max-autotune,reduce-overhead
+    [ "$part" = static ] && modes=eager,reduce-overhead,max-autotune  # the mode graph capture is for, first
+    "$PY" -m patcher bench $BENCH $flag --modes "$modes" --mode-timeout "$MODE_TIMEOUT" \
+      --output-json "$OUT/bench-$part.json" --output-md "$OUT/bench-$part.md" 2> "$WORK/bench-$part.log"
+    log "bench $part exit code $?"
+    ;;
+  esac
+  cp -r /tmp/llama-graph-patch-bench-* "$WORK"/ 2>/dev/null  # worker logs of failed modes
+  tar czf "$OUT/gpu-logs.tar.gz" -C "$WORK" .
+done
+log "done"
