@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -69,3 +70,18 @@ def generate(site: Path | None, *arguments, env: dict | None = None) -> tuple[di
     result = run_python([WORKERS / "generate.py", *arguments], site, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout), result.stderr
+
+
+def other_python(version: str) -> str | None:
+    """An interpreter of another Python version on this machine (pyenv's versions included), or None."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
+        candidates += sorted(glob.glob(f"{root}/versions/{version}.*/bin/python{version}"))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
