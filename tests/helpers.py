@@ -55,9 +55,9 @@ def python_path(*entries: Path) -> dict:
     return {"PYTHONPATH": os.pathsep.join(str(entry) for entry in entries)}
 
 
-def run_python(arguments: list, site: Path | None, *first_on_path: Path, env: dict | None = None):
-    """A child interpreter; with `site`, it imports the transformers there and cannot import this tool."""
-    path = [*first_on_path, POISON, site] if site else list(first_on_path)
+def run_python(arguments: list, site: Path, *first_on_path: Path, env: dict | None = None):
+    """A child interpreter that imports the transformers in `site` and cannot import this tool."""
+    path = [*first_on_path, POISON, site]
     inherited = {name: value for name, value in os.environ.items() if name != "LLAMA_GRAPH_PATCH_TIMING"}
     child_env = {**inherited, **python_path(*path), **(env or {})}
     return subprocess.run(
@@ -65,7 +65,7 @@ def run_python(arguments: list, site: Path | None, *first_on_path: Path, env: di
     )
 
 
-def generate(site: Path | None, *arguments, env: dict | None = None) -> tuple[dict, str]:
+def generate(site: Path, *arguments, env: dict | None = None) -> tuple[dict, str]:
     """tests/workers/generate.py in a child interpreter: its JSON report and its log."""
     result = run_python([WORKERS / "generate.py", *arguments], site, env=env)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -39,8 +39,8 @@ def check_timing(records: list, calls: int, prompt_len: int, batch_size: int) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
-def test_greedy_tokens_match_unpatched_transformers_in_every_mode(graph_mode_site, tmp_path, kv_heads):
-    reference, _ = generate(None, "--kv-heads", kv_heads, "--modes", "reference", "--new-tokens", NEW_TOKENS)
+def test_greedy_tokens_match_unpatched_transformers_in_every_mode(pristine_site, graph_mode_site, tmp_path, kv_heads):
+    reference, _ = generate(pristine_site, "--kv-heads", kv_heads, "--modes", "reference", "--new-tokens", NEW_TOKENS)
     results, log = generate(
         graph_mode_site, "--kv-heads", kv_heads, "--new-tokens", NEW_TOKENS, "--timing-dir", tmp_path
     )

@@ -26,9 +26,9 @@ def static_site(pristine_site, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
-def test_static_cache_matches_unpatched_transformers_without_recompiles(static_site, tmp_path, kv_heads):
+def test_static_cache_matches_unpatched_transformers_without_recompiles(pristine_site, static_site, tmp_path, kv_heads):
     common = ("--kv-heads", kv_heads, "--new-tokens", NEW_TOKENS)
-    reference, _ = generate(None, *common, "--modes", "reference")
+    reference, _ = generate(pristine_site, *common, "--modes", "reference")
     # --forbid-recompiles: torch.compiler.set_stance("fail_on_recompile") from the first decode step on.
     results, log = generate(static_site, *common, "--forbid-recompiles", "--timing-dir", tmp_path)
     length = PROMPT + NEW_TOKENS
@@ -55,8 +55,8 @@ def test_static_cache_matches_unpatched_transformers_without_recompiles(static_s
     assert log.count(cache) == 2 * len(MODES), log
 
 
-def test_the_static_cache_can_be_switched_off_at_run_time(static_site):
-    reference, _ = generate(None, "--kv-heads", 2, "--modes", "reference", "--new-tokens", 8)
+def test_the_static_cache_can_be_switched_off_at_run_time(pristine_site, static_site):
+    reference, _ = generate(pristine_site, "--kv-heads", 2, "--modes", "reference", "--new-tokens", 8)
     results, _ = generate(
         static_site, "--kv-heads", 2, "--modes", "eager", "--new-tokens", 8,
         env={"LLAMA_GRAPH_PATCH_STATIC_CACHE": "0"},

@@ -153,7 +153,7 @@ def run_bench(args: argparse.Namespace) -> int:
     folder = Path(tempfile.mkdtemp(prefix="llama-graph-patch-bench-"))
     plan_path = folder / "plan.json"
     plan_path.write_text(json.dumps(plan), encoding="utf-8")
-    runs = [runner.run_mode(mode, plan, plan_path, folder, args.mode_timeout, i) for i, mode in enumerate(modes)]
+    runs = [runner.run_mode(mode, plan, plan_path, folder, args.mode_timeout) for mode in modes]
 
     weights = "checkpoint" if args.model_path else "random"
     results = build_report(runs, plan, {"model": name, "weights": weights}, target, status.patches)

@@ -36,7 +36,7 @@ class ModeRun:
         return [json.loads(line) for line in self.timing_path.read_text(encoding="utf-8").splitlines()]
 
 
-def run_mode(mode: str, plan: dict, plan_path: Path, folder: Path, timeout: float | None, position: int) -> ModeRun:
+def run_mode(mode: str, plan: dict, plan_path: Path, folder: Path, timeout: float | None) -> ModeRun:
     from tqdm import tqdm
 
     run = ModeRun(mode, folder)
@@ -50,7 +50,7 @@ def run_mode(mode: str, plan: dict, plan_path: Path, folder: Path, timeout: floa
     total = (plan["warmup_runs"] + plan["runs"]) * plan["max_new_tokens"]
     timed_out = threading.Event()
     with open(run.log_path, "w", encoding="utf-8") as log, tqdm(
-        total=total, desc=mode.rjust(15), unit="tok", position=position, dynamic_ncols=True, file=sys.stderr
+        total=total, desc=mode.rjust(15), unit="tok", dynamic_ncols=True, file=sys.stderr
     ) as bar:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=environment)
         timer = threading.Timer(timeout or 0, lambda: (timed_out.set(), process.kill()))

@@ -94,7 +94,7 @@ def run(plan: dict, timing_path: str) -> dict:
     warmup_s = None
     with torch.no_grad():
         for run_index in range(plan["warmup_runs"]):
-            progress(event="phase", name="warm-up" if run_index else "compile + warm-up")
+            progress(event="phase", name="warm-up (compiles in graph modes)" if run_index == 0 else "warm-up")
             started = time.perf_counter()
             model.generate(**inputs, **options)
             synchronize(device, torch)
