@@ -15,6 +15,7 @@ from patcher.errors import UnexpectedCode
 
 # Names of methods a snippet adds (rather than edits) start with this.
 NEW_MEMBER_PREFIX = "llama_graph_patch_"
+GREEDY_SEARCH = "GenerationMixin.greedy_search"
 
 
 def load_snippet(relative: str) -> cst.Module:
@@ -161,8 +162,23 @@ class PlacedCommand(VisitorBasedCodemodCommand):
         return node
 
 
-def loop_index(body: Sequence[cst.BaseStatement], what: str, command: PlacedCommand) -> int:
-    """Index of the one top-level `while True:` in a function body."""
-    indices = [i for i, statement in enumerate(body) if m.matches(statement, m.While(test=m.Name("True")))]
-    command.require_once(what, len(indices))
-    return indices[0]
+class GenerationLoopCommand(PlacedCommand):
+    """A codemod that edits GenerationMixin.greedy_search around its one top-level `while True:`."""
+
+    def __init__(self, context: CodemodContext) -> None:
+        super().__init__(context)
+        self.paths = {("GenerationMixin", "greedy_search")}
+        self.expected = [GREEDY_SEARCH]
+
+    def edit_function(self, scope: tuple[str, ...], node: cst.FunctionDef) -> cst.FunctionDef:
+        if scope != ("GenerationMixin",) or node.name.value != "greedy_search":
+            return node
+        self.found(GREEDY_SEARCH)
+        body = list(node.body.body)
+        loops = [i for i, statement in enumerate(body) if m.matches(statement, m.While(test=m.Name("True")))]
+        self.require_once(f"a top-level `while True:` in {GREEDY_SEARCH}", len(loops))
+        return node.with_changes(body=node.body.with_changes(body=self.edit_loop(body, loops[0])))
+
+    def edit_loop(self, body: list[cst.BaseStatement], index: int) -> list[cst.BaseStatement]:
+        """The new greedy_search body, given the old one and the index of its loop."""
+        raise NotImplementedError

@@ -5,12 +5,10 @@ from __future__ import annotations
 import libcst as cst
 from libcst.codemod import CodemodContext
 
-from patcher.codemods.base import PlacedCommand, function_body, insert_before, loop_index
-
-GREEDY_SEARCH = "GenerationMixin.greedy_search"
+from patcher.codemods.base import GenerationLoopCommand, function_body, insert_before
 
 
-class InsertBeforeGenerationLoopCommand(PlacedCommand):
+class InsertBeforeGenerationLoopCommand(GenerationLoopCommand):
     """Copy the snippet's `before_loop` body in front of greedy_search's top-level `while True:`.
 
     Before::
@@ -40,13 +38,6 @@ class InsertBeforeGenerationLoopCommand(PlacedCommand):
     def __init__(self, context: CodemodContext, snippet: cst.Module) -> None:
         super().__init__(context)
         self.statements = function_body(snippet, "before_loop")
-        self.paths = {("GenerationMixin", "greedy_search")}
-        self.expected = [GREEDY_SEARCH]
 
-    def edit_function(self, scope: tuple[str, ...], node: cst.FunctionDef) -> cst.FunctionDef:
-        if scope != ("GenerationMixin",) or node.name.value != "greedy_search":
-            return node
-        self.found(GREEDY_SEARCH)
-        body = node.body.body
-        index = loop_index(body, f"a top-level `while True:` in {GREEDY_SEARCH}", self)
-        return node.with_changes(body=node.body.with_changes(body=insert_before(body, index, self.statements)))
+    def edit_loop(self, body: list[cst.BaseStatement], index: int) -> list[cst.BaseStatement]:
+        return insert_before(body, index, self.statements)

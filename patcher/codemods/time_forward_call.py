@@ -6,8 +6,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import CodemodContext
 
-from patcher.codemods.base import PlacedCommand, function_body, insert_after, insert_before, loop_index
-from patcher.codemods.insert_before_generation_loop import GREEDY_SEARCH
+from patcher.codemods.base import GREEDY_SEARCH, GenerationLoopCommand, function_body, insert_after, insert_before
 
 # `outputs = self(**model_inputs, ...)`, the one forward pass of each generation step.
 FORWARD_CALL = m.SimpleStatementLine(
@@ -15,7 +14,7 @@ FORWARD_CALL = m.SimpleStatementLine(
 )
 
 
-class TimeForwardCallCommand(PlacedCommand):
+class TimeForwardCallCommand(GenerationLoopCommand):
     """Copy `before_forward` / `after_forward` around the forward call and `after_loop` after the loop.
 
     Before::
@@ -54,21 +53,12 @@ class TimeForwardCallCommand(PlacedCommand):
         self.before = function_body(snippet, "before_forward")
         self.after = function_body(snippet, "after_forward")
         self.after_loop = function_body(snippet, "after_loop")
-        self.paths = {("GenerationMixin", "greedy_search")}
-        self.expected = [GREEDY_SEARCH]
 
-    def edit_function(self, scope: tuple[str, ...], node: cst.FunctionDef) -> cst.FunctionDef:
-        if scope != ("GenerationMixin",) or node.name.value != "greedy_search":
-            return node
-        self.found(GREEDY_SEARCH)
-        body = list(node.body.body)
-        index = loop_index(body, f"a top-level `while True:` in {GREEDY_SEARCH}", self)
+    def edit_loop(self, body: list[cst.BaseStatement], index: int) -> list[cst.BaseStatement]:
         loop = body[index]
         steps = list(loop.body.body)
         calls = [i for i, statement in enumerate(steps) if m.matches(statement, FORWARD_CALL)]
         self.require_once(f"`outputs = self(...)` at the top level of the loop in {GREEDY_SEARCH}", len(calls))
-        call = calls[0]
-        steps = insert_before(insert_after(steps, call, self.after), call, self.before)
+        steps = insert_before(insert_after(steps, calls[0], self.after), calls[0], self.before)
         body[index] = loop.with_changes(body=loop.body.with_changes(body=steps))
-        body = insert_after(body, index, self.after_loop)
-        return node.with_changes(body=node.body.with_changes(body=body))
+        return insert_after(body, index, self.after_loop)
