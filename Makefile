@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-installed
-# What the CPU benchmark runs: sized to finish within 5 minutes on 2 cores (compiles included). Three
-# measured runs per mode, since a shared machine's step times wander.
-BENCH_ARGS ?= --batch-size 4 --input-len 96 --max-new-tokens 64 --runs 3
+# What the CPU benchmark runs: sized to finish within 5 minutes on 2 cores (compiles included). A shared
+# machine's speed wanders by a third from minute to minute, so the modes' measured runs alternate.
+BENCH_ARGS ?= --batch-size 4 --input-len 96 --max-new-tokens 64 --runs 5 --interleave
 
 .PHONY: test bench bench-static install clean
 

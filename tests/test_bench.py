@@ -61,7 +61,7 @@ def test_bench_runs_three_modes_and_reports_every_field(graph_mode_site, embedde
     result = bench(
         graph_mode_site, embedded,
         "--model-path", str(tiny_checkpoint), "--batch-size", "2", "--input-len", "24", "--max-new-tokens", "8",
-        "--runs", "2", "--output-json", str(out / "b.json"), "--output-md", str(out / "b.md"), "--plot", str(out / "b.png"),
+        "--runs", "2", "--interleave", "--output-json", str(out / "b.json"), "--output-md", str(out / "b.md"), "--plot", str(out / "b.png"),
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((out / "b.json").read_text())
@@ -72,7 +72,7 @@ def test_bench_runs_three_modes_and_reports_every_field(graph_mode_site, embedde
         "static_cache", "static_cache_mb", "weights", "model_bytes", "command",
     ):
         assert field in meta, field
-    assert meta["patches"] == ["graph-mode"] and meta["static_cache"] is False
+    assert meta["patches"] == ["graph-mode"] and meta["static_cache"] is False and meta["interleaved"] is True
     assert (meta["batch_size"], meta["input_len"], meta["max_new_tokens"]) == (2, 24, 8)
     assert meta["transformers_version"] == "4.31.0" and meta["dtype"] == "float32"
     assert list(report["modes"]) == list(MODES)

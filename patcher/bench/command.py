@@ -59,7 +59,15 @@ def add_bench_parser(commands) -> None:
     work.add_argument("--warmup-runs", type=non_negative, default=1, help="generate calls before measuring (1)")
     work.add_argument("--runs", type=positive, default=1, help="measured generate calls (1)")
     work.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: the guide's four)")
-    work.add_argument("--mode-timeout", type=float, metavar="S", help="give up on a mode after S seconds")
+    work.add_argument(
+        "--interleave",
+        action="store_true",
+        help="warm every mode up first, then alternate their measured runs, so that a shared machine's slow "
+        "spells fall on all modes alike (the modes' processes are alive together: mind device memory)",
+    )
+    work.add_argument(
+        "--mode-timeout", type=float, metavar="S", help="give up on a mode whose loading and warm-up pass S seconds"
+    )
     out = bench.add_argument_group("output")
     out.add_argument("--output-json", metavar="PATH")
     out.add_argument("--output-md", metavar="PATH")
@@ -149,11 +157,12 @@ def run_bench(args: argparse.Namespace) -> int:
         "runs": args.runs,
         "prompts": prompts,
         "static_cache": args.static_cache,
+        "interleave": args.interleave,
     }
     folder = Path(tempfile.mkdtemp(prefix="llama-graph-patch-bench-"))
     plan_path = folder / "plan.json"
     plan_path.write_text(json.dumps(plan), encoding="utf-8")
-    runs = [runner.run_mode(mode, plan, plan_path, folder, args.mode_timeout) for mode in modes]
+    runs = runner.run_modes(modes, plan, plan_path, folder, args.mode_timeout)
 
     weights = "checkpoint" if args.model_path else "random"
     results = build_report(runs, plan, {"model": name, "weights": weights}, target, status.patches)
@@ -222,6 +231,7 @@ def build_report(runs: list[runner.ModeRun], plan: dict, model: dict, target, pa
         "max_new_tokens": plan["max_new_tokens"],
         "warmup_runs": plan["warmup_runs"],
         "runs": plan["runs"],
+        "interleaved": plan["interleave"],
         "prompts": plan["prompts"],
         "static_cache": bool(static_sizes),
         "static_cache_mb": static_sizes[0] if static_sizes else None,

@@ -1,4 +1,10 @@
-"""Run one benchmark mode in a fresh process, with a progress bar fed by the worker's JSON lines."""
+"""Run the benchmark modes, each in a fresh process, with a progress bar fed by the worker's JSON lines.
+
+Sequential (the guide's way): each mode loads, warms up and measures, then the next mode starts.
+Interleaved (--interleave): every mode's process loads and warms up first, then the measured runs
+alternate between the modes, so that a slow spell of a shared machine falls on all modes alike. The
+processes are then alive together: mind the device memory of big models.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +24,83 @@ MODE_ENVIRONMENT = {
 
 
 class ModeRun:
-    """What one mode's process left behind: its result, its timing records, or why it failed."""
+    """One mode's worker process, and what it leaves behind: result, timing records, or an error."""
 
-    def __init__(self, mode: str, folder: Path) -> None:
+    def __init__(self, mode: str, plan: dict, plan_path: Path, folder: Path, timeout: float | None) -> None:
+        from tqdm import tqdm
+
         self.mode = mode
         self.result_path = folder / f"{mode}.result.json"
         self.timing_path = folder / f"{mode}.timing.jsonl"
         self.log_path = folder / f"{mode}.log"
         self.error: str | None = None
+        self.timeout = timeout
+        environment = {**os.environ, **MODE_ENVIRONMENT[mode]}
+        environment["LLAMA_GRAPH_PATCH_STATIC_CACHE"] = "1" if plan["static_cache"] else "0"
+        environment.pop("LLAMA_GRAPH_PATCH_TIMING", None)  # the worker sets it for the measured runs only
+        command = [
+            sys.executable, "-m", "patcher.bench.worker",
+            "--plan", str(plan_path), "--result", str(self.result_path), "--timing", str(self.timing_path),
+        ]
+        self.log = open(self.log_path, "w", encoding="utf-8")
+        self.bar = tqdm(
+            total=(plan["warmup_runs"] + plan["runs"]) * plan["max_new_tokens"],
+            desc=mode.rjust(15), unit="tok", dynamic_ncols=True, file=sys.stderr,
+        )
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=environment
+        )
+        self.timed_out = threading.Event()
+        self.timer = threading.Timer(timeout or 0, self._kill_for_time)
+        if timeout:
+            self.timer.start()
+
+    def _kill_for_time(self) -> None:
+        self.timed_out.set()
+        self.process.kill()
+
+    def wait_for(self, wanted: str) -> bool:
+        """Read the worker's events until `wanted`; False if the process ended first."""
+        for line in self.process.stdout:
+            event = parse_event(line)
+            if event is None:
+                self.log.write(line)
+            elif event["event"] == "tokens":
+                self.bar.update(event["count"])
+            elif event["event"] == "phase":
+                self.bar.set_postfix_str(event["name"])
+            elif event["event"] == wanted:
+                return True
+        return False
+
+    def send(self, command: str) -> bool:
+        """Tell the worker what to do next; False if it is gone."""
+        try:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        except OSError:
+            return False
+        return True
+
+    def stop_clock(self) -> None:
+        """The time limit covers loading and warm-up (where compilation happens)."""
+        self.timer.cancel()
+
+    def finish(self) -> ModeRun:
+        """Wait for the process to end and record why it failed, if it did."""
+        self.send("finish")
+        self.wait_for("end of output")
+        self.process.wait()
+        self.timer.cancel()
+        self.bar.close()
+        self.log.close()
+        if self.timed_out.is_set():
+            self.error = f"timed out after {self.timeout:g} s (--mode-timeout)"
+        elif self.process.returncode != 0:
+            self.error = last_error_line(self.log_path) or f"exit code {self.process.returncode}"
+        elif not self.result_path.exists():
+            self.error = "the worker ended without a result"
+        return self
 
     def result(self) -> dict:
         return json.loads(self.result_path.read_text(encoding="utf-8"))
@@ -36,45 +111,25 @@ class ModeRun:
         return [json.loads(line) for line in self.timing_path.read_text(encoding="utf-8").splitlines()]
 
 
-def run_mode(mode: str, plan: dict, plan_path: Path, folder: Path, timeout: float | None) -> ModeRun:
-    from tqdm import tqdm
-
-    run = ModeRun(mode, folder)
-    environment = {**os.environ, **MODE_ENVIRONMENT[mode]}
-    environment["LLAMA_GRAPH_PATCH_STATIC_CACHE"] = "1" if plan["static_cache"] else "0"
-    environment.pop("LLAMA_GRAPH_PATCH_TIMING", None)  # the worker sets it for the measured runs only
-    command = [
-        sys.executable, "-m", "patcher.bench.worker",
-        "--plan", str(plan_path), "--result", str(run.result_path), "--timing", str(run.timing_path),
-    ]
-    total = (plan["warmup_runs"] + plan["runs"]) * plan["max_new_tokens"]
-    timed_out = threading.Event()
-    with open(run.log_path, "w", encoding="utf-8") as log, tqdm(
-        total=total, desc=mode.rjust(15), unit="tok", dynamic_ncols=True, file=sys.stderr
-    ) as bar:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=environment)
-        timer = threading.Timer(timeout or 0, lambda: (timed_out.set(), process.kill()))
-        if timeout:
-            timer.start()
-        try:
-            for line in process.stdout:
-                event = parse_event(line)
-                if event is None:
-                    log.write(line)
-                elif event["event"] == "tokens":
-                    bar.update(event["count"])
-                elif event["event"] == "phase":
-                    bar.set_postfix_str(event["name"])
-            process.wait()
-        finally:
-            timer.cancel()
-            if process.poll() is None:
-                process.kill()
-    if timed_out.is_set():
-        run.error = f"timed out after {timeout:g} s (--mode-timeout)"
-    elif process.returncode != 0:
-        run.error = last_error_line(run.log_path) or f"exit code {process.returncode}"
-    return run
+def run_modes(modes: list[str], plan: dict, plan_path: Path, folder: Path, timeout: float | None) -> list[ModeRun]:
+    if not plan["interleave"]:
+        runs = []
+        for mode in modes:
+            run = ModeRun(mode, plan, plan_path, folder, timeout)
+            run.send("measure")  # all measured runs at once
+            runs.append(run.finish())
+        return runs
+    ready = []
+    for mode in modes:
+        run = ModeRun(mode, plan, plan_path, folder, timeout)
+        if run.wait_for("ready"):
+            run.stop_clock()
+        ready.append(run)
+    for _ in range(plan["runs"]):
+        for run in ready:
+            if run.send("run"):
+                run.wait_for("ran")
+    return [run.finish() for run in ready]
 
 
 def parse_event(line: str) -> dict | None:

@@ -1,7 +1,8 @@
 """One benchmark mode in its own process: load the model, warm up, run the measured generations.
 
 The parent (patcher/bench/runner.py) sets EXE_MODE, GRAPH_MODE and LLAMA_GRAPH_PATCH_STATIC_CACHE
-before starting it. The patched greedy_search writes the per-step timing records; this process writes
+before starting it, and after the warm-up says on stdin when to measure ("measure": every run, "run":
+one run, "finish"). The patched greedy_search writes the per-step timing records; this process writes
 its result as JSON and reports progress as JSON lines on stdout.
 
     python -m patcher.bench.worker --plan PLAN.json --result RESULT.json --timing TIMING.jsonl
@@ -100,9 +101,20 @@ def run(plan: dict, timing_path: str) -> dict:
             synchronize(device, torch)
             if run_index == 0:
                 warmup_s = time.perf_counter() - started
+        # The parent says when to measure: all runs at once, or one at a time between other modes' runs.
+        progress(event="ready")
         os.environ["LLAMA_GRAPH_PATCH_TIMING"] = timing_path
-        progress(event="phase", name="measuring")
-        sequences = [model.generate(**inputs, **options) for _ in range(plan["runs"])]
+        sequences = []
+        for command in sys.stdin:
+            command = command.strip()
+            if command == "finish":
+                break
+            progress(event="phase", name="measuring")
+            for _ in range(plan["runs"] if command == "measure" else 1):
+                sequences.append(model.generate(**inputs, **options))
+            progress(event="ran")
+    if not sequences:
+        raise RuntimeError("the parent asked for no measured run")
     generated = sequences[-1][:, plan["input_len"] :]
     cache = model.__dict__.get("llama_graph_patch_kv_cache")
     config = model.config
