@@ -9,8 +9,8 @@ import difflib
 from dataclasses import dataclass, field
 
 from patcher import __version__
-from patcher.catalog import files_of, load_catalog, resolve
-from patcher.errors import ModifiedSinceApply
+from patcher.catalog import Patch, files_of, load_catalog, resolve
+from patcher.errors import ModifiedSinceApply, UnexpectedCode
 from patcher.locate import Target
 from patcher.policy import check_supported, unsupported_reason
 from patcher.transaction import FileRecord, Record, State, sha256
@@ -96,7 +96,7 @@ def inspect(target: Target, state: State | None = None) -> Status:
                 if current is None
                 else "equals the original again (was transformers reinstalled?)"
                 if digest == hashes.original_sha256
-                else "was edited after apply"
+                else "was edited"
             )
             problems.append(f"{target.path(name)} {why}")
         patches = [patch.name for patch in resolve(record.patches) if name in files_of([patch])]
@@ -137,7 +137,7 @@ def apply(target: Target, names: list[str], dry_run: bool = False, lock_timeout:
         for name in files_of(patches):
             if name not in originals:
                 originals[name] = target.path(name).read_bytes()
-        contents = patch_files(originals, patches)
+        contents = patched(target, originals, patches)
         edited = files_of(patches)
         new_record = Record(
             patches=wanted,
@@ -201,7 +201,7 @@ def diff(target: Target, names: list[str]) -> str:
         patches = resolve(names)
         check_supported(target, patches)
         before = {name: target.path(name).read_bytes() for name in files_of(patches)}
-        after = patch_files(before, patches)
+        after = patched(target, before, patches)
     return "".join(
         "".join(
             difflib.unified_diff(
@@ -213,6 +213,18 @@ def diff(target: Target, names: list[str]) -> str:
         )
         for name in before
     )
+
+
+def patched(target: Target, originals: dict[str, bytes], patches: list[Patch]) -> dict[str, bytes]:
+    """The patched bytes; a refusal names the transformers found and how to get the expected code back."""
+    try:
+        return patch_files(originals, patches, target.site_packages)
+    except UnexpectedCode as error:
+        version = target.transformers_version
+        raise UnexpectedCode(
+            f"{error} (transformers {version}, which the patches support, but its code differs: reinstall it "
+            f"unmodified with pip install --force-reinstall --no-deps transformers=={version})"
+        ) from None
 
 
 def describe(target: Target, patches: list[str]) -> str:

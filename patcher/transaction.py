@@ -244,8 +244,10 @@ def _os_errors_as_file_system_errors(site: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        where = error.filename or site
+        where = str(error.filename or site)
+        if where.endswith(TEMP_SUFFIX):  # name the folder we could not write in, not our temporary file
+            where = str(Path(where).parent)
         raise FileSystemError(
-            f"cannot change {where}: {error.strerror or error}. Nothing was left half-written. Run as a user "
+            f"cannot write in {where}: {error.strerror or error}. Nothing was left half-written. Run as a user "
             f"who may write to {site}, or patch a writable environment (a venv) instead"
         ) from None

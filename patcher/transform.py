@@ -3,6 +3,8 @@ target, and the same input gives the same bytes wherever the file lives."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import libcst as cst
 from libcst.codemod import CodemodContext
 
@@ -12,27 +14,35 @@ from patcher.codemods.base import load_snippet
 from patcher.errors import UnexpectedCode
 
 
-def patch_file(relative: str, original: bytes, patches: list[Patch]) -> bytes:
-    """Apply every edit the patches make to file `relative` (a path inside site-packages)."""
+def patch_file(relative: str, original: bytes, patches: list[Patch], shown_as: str | None = None) -> bytes:
+    """Apply every edit the patches make to file `relative` (a path inside site-packages).
+
+    `shown_as` names the file in error messages (its full path); nothing of it enters the output.
+    """
+    shown_as = shown_as or relative
     try:
         tree = cst.parse_module(original)
     except cst.ParserSyntaxError as error:
-        raise UnexpectedCode(f"{relative} is not valid Python ({error.message}, line {error.raw_line})") from None
+        raise UnexpectedCode(f"{shown_as} is not valid Python ({error.message}, line {error.raw_line})") from None
     for patch in patches:
         for edit in patch.edits:
             if edit.file == relative:
-                # The context carries the file name into error messages; the path is relative on purpose.
-                command = COMMANDS[edit.codemod](CodemodContext(filename=relative), load_snippet(edit.snippet))
+                command = COMMANDS[edit.codemod](CodemodContext(filename=shown_as), load_snippet(edit.snippet))
                 # transform_module would first deep-copy the tree for metadata, which these codemods
                 # do not use: 1.4 s per codemod on generation/utils.py.
                 tree = command.transform_module_impl(tree)
     return tree.bytes
 
 
-def patch_files(originals: dict[str, bytes], patches: list[Patch]) -> dict[str, bytes]:
-    """Patched bytes for every file in `originals`; files the patches do not edit come back unchanged."""
+def patch_files(originals: dict[str, bytes], patches: list[Patch], site: Path | None = None) -> dict[str, bytes]:
+    """Patched bytes for every file in `originals`; files the patches do not edit come back unchanged.
+
+    `site`, the site-packages the files come from, only names them in error messages.
+    """
     edited = set(files_of(patches))
     return {
-        relative: patch_file(relative, source, patches) if relative in edited else source
+        relative: patch_file(relative, source, patches, str(site / relative) if site else None)
+        if relative in edited
+        else source
         for relative, source in originals.items()
     }

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import py_compile
+import shutil
 import subprocess
 import sys
 from importlib.util import cache_from_source
@@ -128,7 +129,7 @@ def test_a_foreign_edit_is_refused_until_revert_force(site):
     assert status_of(site)["state"] == "modified"
     for command in ("apply", "revert"):
         result = run_cli(command, "--site-packages", str(site))
-        one_line_error(result, 5, str(site / UTILS), "edited after apply", "4.31.0", "revert --force")
+        one_line_error(result, 5, str(site / UTILS), "was edited since llama-graph-patch applied", "4.31.0", "revert --force")
         assert (site / UTILS).read_bytes() == edited
     forced = run_cli("revert", "--force", "--site-packages", str(site))
     assert forced.returncode == 0, forced.stderr
@@ -280,6 +281,20 @@ def test_a_read_only_file_fails_cleanly_and_touches_nothing(site, monkeypatch, c
     assert {name: (site / name).read_bytes() for name in originals} == originals
     assert not (site / ".llama-graph-patch").exists()
     assert not list((site / "transformers").rglob(f"*{transaction.TEMP_SUFFIX}"))
+
+
+def test_an_immutable_folder_fails_cleanly_even_for_root(site):
+    """chattr +i refuses writes even to root, where the file system supports it: a real read-only target."""
+    folder = site / "transformers" / "generation"
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+        pytest.skip("chattr +i is not available here (the simulated read-only test above still ran)")
+    try:
+        original = (site / UTILS).read_bytes()
+        result = run_cli("apply", "--site-packages", str(site))
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    one_line_error(result, 6, f"cannot write in {folder}", "Operation not permitted")
+    assert (site / UTILS).read_bytes() == original and not (site / ".llama-graph-patch").exists()
 
 
 def test_a_held_lock_times_out_with_exit_6(site):

@@ -122,8 +122,8 @@ class PlacedCommand(VisitorBasedCodemodCommand):
         if count != 1:
             problem = "not found" if count == 0 else f"found {count} times"
             raise UnexpectedCode(
-                f"{self.context.filename or 'the file'}: {what} {problem}; expected exactly once. The patch "
-                "refuses to guess: is this the transformers version it was written for, unmodified?"
+                f"{self.context.filename or 'the file'}: {what} {problem}; expected exactly once, so the "
+                "patch refuses to guess"
             )
 
     def on_visit(self, node: cst.CSTNode) -> bool:
