@@ -39,6 +39,11 @@ def load_catalog() -> dict[str, Patch]:
     }
 
 
+def patch_names(static_cache: bool) -> list[str]:
+    """What `apply` installs and `bench` needs: the graph-mode block, plus the static cache when asked."""
+    return ["graph-mode", "static-cache"] if static_cache else ["graph-mode"]
+
+
 def resolve(names: list[str]) -> list[Patch]:
     """The named patches plus what they require, in catalogue order."""
     catalog = load_catalog()

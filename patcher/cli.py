@@ -10,6 +10,7 @@ import sys
 import traceback
 
 from patcher import __version__, installer
+from patcher.catalog import patch_names
 from patcher.errors import PatcherError
 from patcher.locate import find_target
 
@@ -89,13 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def patch_names(args: argparse.Namespace) -> list[str]:
-    return ["graph-mode", "static-cache"] if args.static_cache else ["graph-mode"]
-
-
 def run_apply(args: argparse.Namespace) -> int:
     target = find_target(args.python, args.site_packages)
-    print(installer.apply(target, patch_names(args), args.dry_run, args.lock_timeout).message)
+    print(installer.apply(target, patch_names(args.static_cache), args.dry_run, args.lock_timeout).message)
     return 0
 
 
@@ -126,7 +123,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    sys.stdout.write(installer.diff(find_target(args.python, args.site_packages), patch_names(args)))
+    sys.stdout.write(installer.diff(find_target(args.python, args.site_packages), patch_names(args.static_cache)))
     return 0
 
 

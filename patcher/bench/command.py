@@ -18,12 +18,13 @@ from pathlib import Path
 
 from patcher import __version__, installer
 from patcher.bench import models, report, runner, stats
+from patcher.catalog import patch_names, resolve
 from patcher.errors import BenchModeFailed, NotPatched, UsageError
 from patcher.locate import find_target
 from patcher.policy import check_supported
-from patcher.catalog import resolve
 
-MODES = ("eager", "max-autotune", "reduce-overhead")
+MODES = tuple(runner.MODE_ENVIRONMENT)
+
 
 def add_bench_parser(commands) -> None:
     bench = commands.add_parser(
@@ -127,7 +128,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     target = find_target()
     status = installer.inspect(target)
-    wanted = ["graph-mode", "static-cache"] if args.static_cache else ["graph-mode"]
+    wanted = patch_names(args.static_cache)
     check_supported(target, resolve(wanted))
     if status.state != "patched" or not set(wanted) <= set(status.patches):
         fix = "llama-graph-patch apply" + (" --static-cache" if args.static_cache else "")

@@ -191,11 +191,3 @@ def checkpoint_config(folder: str) -> dict:
         )
     return data
 
-
-def folder_digest(folder: Path) -> str:
-    """SHA-256 over the files of a checkpoint folder, to tell embedded builds apart in reports."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
