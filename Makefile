@@ -29,12 +29,13 @@ bench: install
 	$(BIN)/llama-graph-patch bench $(BENCH_ARGS) \
 		--output-json results/bench.json --output-md results/bench.md --plot results/bench.png
 
-# The same workload with transformers' growing KV cache and with the static cache, in one sitting.
+# The same workload with transformers' growing KV cache and with the static cache, the six runs
+# interleaved in one bench so that both caches are compared under the same machine conditions.
+STATIC_MODES := eager,max-autotune,reduce-overhead,eager+static,max-autotune+static,reduce-overhead+static
+
 bench-static: install
 	$(BIN)/llama-graph-patch apply --static-cache
-	$(BIN)/llama-graph-patch bench $(BENCH_ARGS) --output-json results/growing-cache.json \
-		--output-md results/growing-cache.md --plot results/growing-cache.png
-	$(BIN)/llama-graph-patch bench $(BENCH_ARGS) --static-cache --output-json results/static-cache.json \
+	$(BIN)/llama-graph-patch bench $(BENCH_ARGS) --modes $(STATIC_MODES) --output-json results/static-cache.json \
 		--output-md results/static-cache.md --plot results/static-cache.png
 
 clean:

@@ -124,6 +124,25 @@ def test_the_upstream_flags_run_the_single_mode_they_name(graph_mode_site, embed
     assert list(json.loads(report_path.read_text())["modes"]) == ["eager"]
 
 
+def test_one_run_compares_the_growing_and_the_static_cache(pristine_site, embedded, tiny_checkpoint, tmp_path):
+    site = copy_transformers(pristine_site, tmp_path / "site-packages")
+    installer.apply(find_target(site_packages=str(site)), ["graph-mode", "static-cache"])
+    report_path = tmp_path / "b.json"
+    result = bench(
+        site, embedded,
+        "--model-path", str(tiny_checkpoint), "--modes", "eager,eager+static", "--batch-size", "2",
+        "--input-len", "12", "--max-new-tokens", "6", "--runs", "2", "--interleave", "--output-json", str(report_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    growing, static = report["modes"]["eager"], report["modes"]["eager+static"]
+    assert growing["static_cache_mb"] is None and static["static_cache_mb"] > 0
+    assert static["token_agreement_vs_eager"] == 1.0 and static["new_tokens"] == 6
+    assert static["decode_speedup_vs_eager"] == pytest.approx(growing["decode_ms_mean"] / static["decode_ms_mean"])
+    assert report["metadata"]["static_cache"] is True
+    assert "static cache: in the +static modes" in result.stdout
+
+
 @pytest.mark.parametrize(
     "arguments, code, message",
     [
@@ -131,6 +150,8 @@ def test_the_upstream_flags_run_the_single_mode_they_name(graph_mode_site, embed
         (["--input-len", "2000", "--max-new-tokens", "100"], 2, "= 2100 exceeds the model's max_position_embeddings 2048"),
         (["--model-path", "/no/such/model"], 2, "no such folder"),
         (["--static-cache"], 7, "run: llama-graph-patch apply --static-cache"),
+        (["--modes", "eager,eager+static"], 7, "run: llama-graph-patch apply --static-cache"),
+        (["--modes", "eager+turbo"], 2, "unknown mode eager+turbo"),
         (["--modes", "eager", "--execute_mode", "eager"], 2, "exclude each other"),
     ],
 )

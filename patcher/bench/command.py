@@ -47,7 +47,11 @@ def add_bench_parser(commands) -> None:
         "--device", default="auto", choices=["auto", "cpu", "cuda", "npu"], help="auto: npu, else cuda, else cpu"
     )
     modes = bench.add_argument_group("modes")
-    modes.add_argument("--modes", help=f"comma-separated, from {', '.join(MODES)} (default: all)")
+    modes.add_argument(
+        "--modes",
+        help=f"comma-separated, from {', '.join(MODES)} (default: all); a name ending in {runner.STATIC_SUFFIX} runs "
+        "that mode with the static KV cache, e.g. --modes eager,reduce-overhead,reduce-overhead+static",
+    )
     modes.add_argument("--execute_mode", "--execute-mode", choices=["dynamo", "eager"], help="upstream flag")
     modes.add_argument("--graph_mode", "--graph-mode", choices=MODES[1:], help="upstream flag")
     modes.add_argument(
@@ -98,9 +102,12 @@ def chosen_modes(args: argparse.Namespace) -> list[str]:
             return ["eager"]
         return [args.graph_mode or "max-autotune"]
     names = [name.strip() for name in (args.modes or ",".join(MODES)).split(",") if name.strip()]
-    unknown = [name for name in names if name not in MODES]
+    unknown = [name for name in names if name.removesuffix(runner.STATIC_SUFFIX) not in MODES]
     if unknown or not names:
-        raise UsageError(f"unknown mode {', '.join(unknown) or '(none)'}; choose from {', '.join(MODES)}")
+        raise UsageError(
+            f"unknown mode {', '.join(unknown) or '(none)'}; choose from {', '.join(MODES)}, "
+            f"each optionally with {runner.STATIC_SUFFIX}"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -128,10 +135,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
     target = find_target()
     status = installer.inspect(target)
-    wanted = patch_names(args.static_cache)
+    static_cache = args.static_cache or any(mode.endswith(runner.STATIC_SUFFIX) for mode in modes)
+    wanted = patch_names(static_cache)
     check_supported(target, resolve(wanted))
     if status.state != "patched" or not set(wanted) <= set(status.patches):
-        fix = "llama-graph-patch apply" + (" --static-cache" if args.static_cache else "")
+        fix = "llama-graph-patch apply" + (" --static-cache" if static_cache else "")
         raise NotPatched(
             f"the transformers {target.transformers_version} this benchmark would run ({target.site_packages}) is "
             f"{status.state}{' with ' + '+'.join(status.patches) if status.patches else ''}; run: {fix}"
@@ -193,7 +201,8 @@ def read_prompts(path: str) -> list[str]:
 
 def build_report(runs: list[runner.ModeRun], plan: dict, model: dict, target, patches: list[str]) -> dict:
     ok = {run.mode: run.result() for run in runs if run.error is None}
-    eager_tokens = ok["eager"]["tokens"] if "eager" in ok else None
+    reference = "eager" if "eager" in ok else "eager" + runner.STATIC_SUFFIX
+    eager_tokens = ok[reference]["tokens"] if reference in ok else None
     modes = {}
     for run in runs:
         try:
@@ -204,7 +213,7 @@ def build_report(runs: list[runner.ModeRun], plan: dict, model: dict, target, pa
                 raise RuntimeError(f"generated {ok[run.mode]['new_tokens']} new tokens, not {plan['max_new_tokens']}")
         except (RuntimeError, ValueError) as error:
             modes[run.mode] = {"status": "failed", "error": str(error), "log": str(run.log_path)}
-    eager = modes.get("eager", {}).get("decode_ms_mean")
+    eager = modes.get(reference, {}).get("decode_ms_mean")
     for numbers in modes.values():
         if numbers["status"] == "ok":
             numbers["decode_speedup_vs_eager"] = eager / numbers["decode_ms_mean"] if eager else None

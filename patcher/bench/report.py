@@ -47,6 +47,16 @@ def rows(report: dict) -> list[list[str]]:
     return table
 
 
+def static_cache_label(report: dict) -> str:
+    """off, on, or which modes had it; with the size it preallocated."""
+    meta = report["metadata"]
+    if not meta["static_cache"]:
+        return "off"
+    ran = [numbers for numbers in report["modes"].values() if numbers["status"] == "ok"]
+    where = "on" if all(numbers["static_cache_mb"] for numbers in ran) else "in the +static modes"
+    return f"{where}, {meta['static_cache_mb']:.1f} MB preallocated"
+
+
 def console_table(report: dict) -> str:
     headers = [header for header, _, _ in COLUMNS]
     table = rows(report)
@@ -57,7 +67,7 @@ def console_table(report: dict) -> str:
     meta = report["metadata"]
     lines.append(
         f"{meta['model']} | {meta['device']} | {meta['dtype']} | batch {meta['batch_size']}, input {meta['input_len']}, "
-        f"new tokens {meta['max_new_tokens']} | static cache: {'on' if meta['static_cache'] else 'off'}"
+        f"new tokens {meta['max_new_tokens']} | static cache: {static_cache_label(report)}"
     )
     return "\n".join(lines)
 
@@ -72,8 +82,7 @@ def markdown(report: dict) -> str:
         f"- device: {meta['device']} (host CPU: {meta['host_cpu']})",
         f"- dtype {meta['dtype']}, batch {meta['batch_size']}, input {meta['input_len']} tokens (left-padded), "
         f"{meta['max_new_tokens']} new tokens, {meta['warmup_runs']} warm-up + {meta['runs']} measured run(s)",
-        f"- patches: {', '.join(meta['patches']) or 'none'}; static cache: "
-        + (f"on, {meta['static_cache_mb']:.1f} MB preallocated" if meta["static_cache"] else "off"),
+        f"- patches: {', '.join(meta['patches']) or 'none'}; static cache: {static_cache_label(report)}",
         f"- torch {meta['torch_version']}, transformers {meta['transformers_version']}, python {meta['python']}, "
         f"llama-graph-patch {meta['tool_version']}",
         f"- command: `{meta['command']}`",

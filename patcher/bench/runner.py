@@ -21,12 +21,24 @@ MODE_ENVIRONMENT = {
     "max-autotune": {"EXE_MODE": "dynamo", "GRAPH_MODE": "max-autotune"},
     "reduce-overhead": {"EXE_MODE": "dynamo", "GRAPH_MODE": "reduce-overhead"},
 }
+# A mode name with this suffix runs that mode with the static KV cache, whatever --static-cache says, so
+# that one interleaved run can compare the growing and the static cache.
+STATIC_SUFFIX = "+static"
+
+
+def mode_environment(mode: str, static_cache: bool) -> dict[str, str]:
+    """The environment variables one benchmark mode's worker runs under."""
+    base = mode.removesuffix(STATIC_SUFFIX)
+    static = static_cache or mode.endswith(STATIC_SUFFIX)
+    return {**MODE_ENVIRONMENT[base], "LLAMA_GRAPH_PATCH_STATIC_CACHE": "1" if static else "0"}
 
 
 class ModeRun:
     """One mode's worker process, and what it leaves behind: result, timing records, or an error."""
 
-    def __init__(self, mode: str, plan: dict, plan_path: Path, folder: Path, timeout: float | None) -> None:
+    def __init__(
+        self, mode: str, plan: dict, plan_path: Path, folder: Path, timeout: float | None, label_width: int
+    ) -> None:
         from tqdm import tqdm
 
         self.mode = mode
@@ -35,8 +47,7 @@ class ModeRun:
         self.log_path = folder / f"{mode}.log"
         self.error: str | None = None
         self.timeout = timeout
-        environment = {**os.environ, **MODE_ENVIRONMENT[mode]}
-        environment["LLAMA_GRAPH_PATCH_STATIC_CACHE"] = "1" if plan["static_cache"] else "0"
+        environment = {**os.environ, **mode_environment(mode, plan["static_cache"])}
         environment.pop("LLAMA_GRAPH_PATCH_TIMING", None)  # the worker sets it for the measured runs only
         command = [
             sys.executable, "-m", "patcher.bench.worker",
@@ -45,7 +56,7 @@ class ModeRun:
         self.log = open(self.log_path, "w", encoding="utf-8")
         self.bar = tqdm(
             total=(plan["warmup_runs"] + plan["runs"]) * plan["max_new_tokens"],
-            desc=mode.rjust(15), unit="tok", dynamic_ncols=True, file=sys.stderr,
+            desc=mode.rjust(label_width), unit="tok", dynamic_ncols=True, file=sys.stderr,
         )
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=environment
@@ -112,16 +123,17 @@ class ModeRun:
 
 
 def run_modes(modes: list[str], plan: dict, plan_path: Path, folder: Path, timeout: float | None) -> list[ModeRun]:
+    width = max(map(len, modes))  # aligns the progress bars
     if not plan["interleave"]:
         runs = []
         for mode in modes:
-            run = ModeRun(mode, plan, plan_path, folder, timeout)
+            run = ModeRun(mode, plan, plan_path, folder, timeout, width)
             run.send("measure")  # all measured runs at once
             runs.append(run.finish())
         return runs
     ready = []
     for mode in modes:
-        run = ModeRun(mode, plan, plan_path, folder, timeout)
+        run = ModeRun(mode, plan, plan_path, folder, timeout, width)
         if run.wait_for("ready"):
             run.stop_clock()
         ready.append(run)
