@@ -60,8 +60,8 @@ def test_greedy_tokens_match_unpatched_transformers_in_every_mode(pristine_site,
 
     # One log line per generate call, saying mode, backend, dynamic and fullgraph.
     assert log.count("eager mode on cpu (EXE_MODE=eager), no torch.compile") == 2
-    for mode, inductor in (("max-autotune", "default"), ("reduce-overhead", "reduce-overhead")):
-        line = f"dynamo mode {mode} on cpu, backend=inductor (mode={inductor}), dynamic=True, fullgraph=True"
+    for mode, inductor in (("max-autotune", "mode=default"), ("reduce-overhead", "mode=default, cpp_wrapper=True")):
+        line = f"dynamo mode {mode} on cpu, backend=inductor ({inductor}), dynamic=True, fullgraph=True"
         assert log.count(line) == 2, log
 
 
@@ -89,6 +89,36 @@ def test_an_unknown_setting_is_an_error_not_a_fallback(graph_mode_site, variable
     result = run_python(["-c", SETTING_PROBE], graph_mode_site, env={"EXE_MODE": "dynamo", variable: value})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{variable}='{value}' is not allowed; use one of: {allowed}" in result.stdout
+
+
+CPU_COMPILE_PROBE = """
+import json, sys, torch
+from types import SimpleNamespace
+from transformers.generation import utils
+torch.__version__ = sys.argv[1]
+asked = []
+torch.compile = lambda model, **options: asked.append(options) or model
+utils._llama_graph_patch_compile(SimpleNamespace(__dict__={}), torch.zeros(1, 2))
+print(json.dumps(asked))
+"""
+
+
+@pytest.mark.parametrize(
+    "graph_mode, override, torch_version, expected",
+    [
+        ("max-autotune", None, "2.13.0", {"mode": "default"}),
+        ("reduce-overhead", None, "2.13.0", {"options": {"cpp_wrapper": True}}),
+        ("reduce-overhead", "reduce-overhead", "2.13.0", {"mode": "reduce-overhead"}),
+        ("reduce-overhead", None, "2.1.0+cpu", {"mode": "reduce-overhead"}),
+    ],
+)
+def test_on_cpu_reduce_overhead_takes_the_cpp_wrapper(graph_mode_site, graph_mode, override, torch_version, expected):
+    env = {"EXE_MODE": "dynamo", "GRAPH_MODE": graph_mode}
+    if override:
+        env["LLAMA_GRAPH_PATCH_INDUCTOR_MODE"] = override
+    result = run_python(["-c", CPU_COMPILE_PROBE, torch_version], graph_mode_site, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == [{"dynamic": True, "fullgraph": True, "backend": "inductor", **expected}]
 
 
 def test_without_the_timing_variable_nothing_is_timed_or_written(graph_mode_site, tmp_path):

@@ -14,7 +14,8 @@ The codemod copies every statement below this docstring. Rules for this file, ch
 # ---------------------------------------------------------------------------------------------------
 
 # torchair's max-autotune compiles the whole graph ahead (GE); reduce-overhead captures it once and
-# replays it (aclgraph). The inductor modes closest in meaning:
+# replays it (aclgraph). The inductor modes closest in meaning (on a CPU, reduce-overhead takes inductor's
+# C++ wrapper instead, below):
 _LLAMA_GRAPH_PATCH_INDUCTOR_MODES = {"max-autotune": "default", "reduce-overhead": "reduce-overhead"}
 _LLAMA_GRAPH_PATCH_INDUCTOR_OVERRIDES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -34,6 +35,7 @@ def _llama_graph_patch_setting(name, default, allowed):
 def _llama_graph_patch_compile(model, input_ids):
     """Return `model` compiled as EXE_MODE and GRAPH_MODE ask, for the device `input_ids` live on."""
     import logging
+    import os
 
     import torch
 
@@ -47,6 +49,16 @@ def _llama_graph_patch_compile(model, input_ids):
     if device_type == "npu":
         options = {"backend": _llama_graph_patch_torchair_backend(graph_mode)}
         backend = "torchair (%s)" % graph_mode
+    elif (
+        device_type == "cpu"
+        and graph_mode == "reduce-overhead"
+        and "LLAMA_GRAPH_PATCH_INDUCTOR_MODE" not in os.environ
+        and not _llama_graph_patch_torch_older_than(torch.__version__, (2, 5))
+    ):
+        # A CPU has no graphs to capture; the per-step host overhead that capture removes on a device is,
+        # on a CPU, Python launching each kernel. Inductor's C++ wrapper launches them from compiled code.
+        options = {"backend": "inductor", "options": {"cpp_wrapper": True}}
+        backend = "inductor (mode=default, cpp_wrapper=True)"
     else:
         inductor_mode = _llama_graph_patch_setting(
             "LLAMA_GRAPH_PATCH_INDUCTOR_MODE",
