@@ -1,4 +1,4 @@
-"""Fixtures: fresh copies of the real transformers 4.31.0 for each test to patch."""
+"""Fixtures: copies of the real transformers 4.31.0, unpatched, patched, or fresh for one test to patch."""
 
 from __future__ import annotations
 
@@ -25,3 +25,21 @@ def pristine_site(tmp_path_factory) -> Path:
 def site(pristine_site, tmp_path) -> Path:
     """A fresh site-packages with transformers 4.31.0 in it, for one test to patch."""
     return copy_transformers(pristine_site, tmp_path / "site-packages")
+
+
+def patched_copy(pristine_site: Path, folder: Path, patches: list[str]) -> Path:
+    site = copy_transformers(pristine_site, folder / "site-packages")
+    installer.apply(find_target(site_packages=str(site)), patches)
+    return site
+
+
+@pytest.fixture(scope="session")
+def graph_mode_site(pristine_site, tmp_path_factory) -> Path:
+    """transformers with the graph-mode patch, shared by the tests that only run it."""
+    return patched_copy(pristine_site, tmp_path_factory.mktemp("graph-mode"), ["graph-mode"])
+
+
+@pytest.fixture(scope="session")
+def static_site(pristine_site, tmp_path_factory) -> Path:
+    """transformers with the graph-mode and static-cache patches, shared by the tests that only run it."""
+    return patched_copy(pristine_site, tmp_path_factory.mktemp("static-cache"), ["graph-mode", "static-cache"])

@@ -9,19 +9,10 @@ from pathlib import Path
 import numpy
 import pytest
 
-from helpers import copy_transformers, python_path, run_cli
-from patcher import installer
+from helpers import python_path, run_cli
 from patcher.bench import models, stats
-from patcher.locate import find_target
 
 MODES = ("eager", "max-autotune", "reduce-overhead")
-
-
-@pytest.fixture(scope="module")
-def graph_mode_site(pristine_site, tmp_path_factory) -> Path:
-    site = copy_transformers(pristine_site, tmp_path_factory.mktemp("bench") / "site-packages")
-    installer.apply(find_target(site_packages=str(site)), ["graph-mode"])
-    return site
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +115,10 @@ def test_the_upstream_flags_run_the_single_mode_they_name(graph_mode_site, embed
     assert list(json.loads(report_path.read_text())["modes"]) == ["eager"]
 
 
-def test_one_run_compares_the_growing_and_the_static_cache(pristine_site, embedded, tiny_checkpoint, tmp_path):
-    site = copy_transformers(pristine_site, tmp_path / "site-packages")
-    installer.apply(find_target(site_packages=str(site)), ["graph-mode", "static-cache"])
+def test_one_run_compares_the_growing_and_the_static_cache(static_site, embedded, tiny_checkpoint, tmp_path):
     report_path = tmp_path / "b.json"
     result = bench(
-        site, embedded,
+        static_site, embedded,
         "--model-path", str(tiny_checkpoint), "--modes", "eager,eager+static", "--batch-size", "2",
         "--input-len", "12", "--max-new-tokens", "6", "--runs", "2", "--interleave", "--output-json", str(report_path),
     )

@@ -14,18 +14,14 @@ import pytest
 
 import patches
 from helpers import MODELING, UTILS, copy_transformers, other_python
-from patcher import installer
-from patcher.locate import find_target
 
 REPOSITORY = Path(__file__).parents[1]
 SNIPPETS = sorted(path for path in Path(patches.__file__).parent.rglob("*.py") if path.name != "__init__.py")
 
 
 @pytest.fixture(scope="module")
-def patched_files(pristine_site, tmp_path_factory) -> list[Path]:
-    site = copy_transformers(pristine_site, tmp_path_factory.mktemp("grammar") / "site-packages")
-    installer.apply(find_target(site_packages=str(site)), ["graph-mode", "static-cache"])
-    return [site / UTILS, site / MODELING]
+def patched_files(static_site) -> list[Path]:
+    return [static_site / UTILS, static_site / MODELING]
 
 
 def test_snippets_and_patched_files_parse_with_the_python_38_grammar(patched_files):

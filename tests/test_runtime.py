@@ -7,23 +7,13 @@ inserted code is shown to work with llama-graph-patch absent.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from helpers import NPU_STANDINS, WORKERS, copy_transformers, generate, run_python
-from patcher import installer
-from patcher.locate import find_target
+from helpers import NPU_STANDINS, WORKERS, generate, run_python
 
 MODES = ("eager", "max-autotune", "reduce-overhead")
 NEW_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def graph_mode_site(pristine_site, tmp_path_factory) -> Path:
-    site = copy_transformers(pristine_site, tmp_path_factory.mktemp("graph-mode") / "site-packages")
-    installer.apply(find_target(site_packages=str(site)), ["graph-mode"])
-    return site
 
 
 def check_timing(records: list, calls: int, prompt_len: int, batch_size: int) -> None:

@@ -4,24 +4,14 @@ compilation after the first decode step."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from helpers import NPU_STANDINS, WORKERS, copy_transformers, generate, run_python
-from patcher import installer
-from patcher.locate import find_target
+from helpers import NPU_STANDINS, WORKERS, generate, run_python
 
 MODES = ("eager", "max-autotune", "reduce-overhead")
 NEW_TOKENS = 64
 PROMPT = 9
-
-
-@pytest.fixture(scope="module")
-def static_site(pristine_site, tmp_path_factory) -> Path:
-    site = copy_transformers(pristine_site, tmp_path_factory.mktemp("static-cache") / "site-packages")
-    installer.apply(find_target(site_packages=str(site)), ["graph-mode", "static-cache"])
-    return site
 
 
 @pytest.mark.slow
