@@ -18,7 +18,9 @@ PATCHES = (
         "transformers": "==4.31.0",
         "requires": (),
         "edits": (
-            ("transformers/generation/utils.py", "append-definitions", "graph_mode/generation_utils.py"),
+            ("transformers/generation/utils.py", "append-definitions", "graph_mode/runtime.py"),
+            ("transformers/generation/utils.py", "append-definitions", "graph_mode/compile_cache.py"),
+            ("transformers/generation/utils.py", "append-definitions", "graph_mode/step_timer.py"),
             ("transformers/generation/utils.py", "insert-before-generation-loop", "graph_mode/greedy_search.py"),
             ("transformers/generation/utils.py", "time-forward-call", "graph_mode/greedy_search.py"),
         ),

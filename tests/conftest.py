@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,12 @@ import pytest
 from helpers import copy_transformers, installed_site_packages
 from patcher import installer
 from patcher.locate import find_target
+
+
+def pytest_configure(config) -> None:
+    """Child processes keep the embedded model and compile artifacts in a test folder, never the user's
+    cache. The folder outlives the run, so that a second run compiles from a warm cache."""
+    os.environ["LLAMA_GRAPH_PATCH_CACHE"] = os.path.join(tempfile.gettempdir(), "llama-graph-patch-tests")
 
 
 @pytest.fixture(scope="session")

@@ -85,3 +85,17 @@ def other_python(version: str) -> str | None:
         if probe.returncode == 0 and probe.stdout.strip() == version:
             return candidate
     return None
+
+
+def tokens(mode_result: dict) -> list:
+    """The tokens of every generate call tests/workers/generate.py made in one mode."""
+    return [call["tokens"] for call in mode_result["calls"]]
+
+
+def check_two_graphs(calls: list) -> None:
+    """Prefill and one decode graph on the first call; nothing new on the same batch again, nor on a batch
+    with other prompt lengths and another number of new tokens."""
+    first = calls[0]["graphs_per_step"]
+    assert first == [1] + [2] * (len(first) - 1), first
+    for later in calls[1:]:
+        assert set(later["graphs_per_step"]) == {2}, later["graphs_per_step"]

@@ -14,9 +14,12 @@ import pytest
 
 import patches
 from helpers import MODELING, UTILS, copy_transformers, other_python
+from patcher.catalog import load_catalog
 
 REPOSITORY = Path(__file__).parents[1]
-SNIPPETS = sorted(path for path in Path(patches.__file__).parent.rglob("*.py") if path.name != "__init__.py")
+PATCHES = Path(patches.__file__).parent
+SNIPPETS = sorted(path for path in PATCHES.rglob("*.py") if path.name != "__init__.py")
+APPENDED = {edit.snippet for patch in load_catalog().values() for edit in patch.edits if edit.codemod == "append-definitions"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def test_patched_files_compile_with_a_real_python_38(patched_files):
         assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("snippet", SNIPPETS, ids=[path.relative_to(SNIPPETS[0].parents[1]).as_posix() for path in SNIPPETS])
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=[path.relative_to(PATCHES).as_posix() for path in SNIPPETS])
 def test_snippets_stand_alone(snippet):
     """No import of this tool anywhere, and no module-level import that would rebind the host's names."""
     tree = ast.parse(snippet.read_text(encoding="utf-8"))
@@ -56,7 +59,7 @@ def test_snippets_stand_alone(snippet):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [alias.name for alias in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
             assert not any(name and name.split(".")[0] in ("patcher", "patches") for name in names), node.lineno
-    if snippet.name.endswith(("generation_utils.py", "runtime.py")):  # appended to a module: names must not clash
+    if snippet.relative_to(PATCHES).as_posix() in APPENDED:  # appended to a module: no name clash
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 assert "llamagraphpatch" in node.name.lower().replace("_", ""), node.name

@@ -10,49 +10,79 @@ import json
 
 import pytest
 
-from helpers import NPU_STANDINS, WORKERS, generate, run_python
+from helpers import NPU_STANDINS, WORKERS, check_two_graphs, generate, run_python, tokens
 
 MODES = ("eager", "max-autotune", "reduce-overhead")
 NEW_TOKENS = 24
 
 
-def check_timing(records: list, calls: int, prompt_len: int, batch_size: int) -> None:
-    """One record per step and generate call, appended when greedy_search returns."""
-    assert [record["step"] for record in records] == list(range(NEW_TOKENS)) * calls
+def check_timing(records: list, prompt_lengths: list, new_tokens: list, batch_size: int) -> None:
+    """One record per step of every generate call, appended when the call returns."""
+    expected_steps = [step for count in new_tokens for step in range(count)]
+    assert [record["step"] for record in records] == expected_steps
+    prompts = iter(prompt_lengths)
     for record in records:
         assert set(record) == {"step", "phase", "ms", "batch_size", "input_len"}
         assert record["phase"] == ("prefill" if record["step"] == 0 else "decode")
-        assert record["input_len"] == (prompt_len if record["step"] == 0 else 1)
+        assert record["input_len"] == (next(prompts) if record["step"] == 0 else 1)
         assert record["batch_size"] == batch_size
         assert isinstance(record["ms"], float) and record["ms"] > 0
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scope", ["model", "layers"])
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
-def test_greedy_tokens_match_unpatched_transformers_in_every_mode(pristine_site, graph_mode_site, tmp_path, kv_heads):
-    reference, _ = generate(pristine_site, "--kv-heads", kv_heads, "--modes", "reference", "--new-tokens", NEW_TOKENS)
+def test_greedy_tokens_match_unpatched_transformers_in_every_mode(
+    pristine_site, graph_mode_site, tmp_path, kv_heads, scope
+):
+    common = ("--kv-heads", kv_heads, "--new-tokens", NEW_TOKENS)
+    reference, _ = generate(pristine_site, *common, "--modes", "reference")
     results, log = generate(
-        graph_mode_site, "--kv-heads", kv_heads, "--new-tokens", NEW_TOKENS, "--timing-dir", tmp_path
+        graph_mode_site, *common, "--timing-dir", tmp_path, env={"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope}
     )
-    expected = reference["reference"]["tokens"]
     for mode in MODES:
         run = results[mode]
-        assert run["tokens"] == expected, mode
-        assert run["second_call_tokens"] == expected, mode
-        graphs = run["graphs_per_step"]
+        assert tokens(run) == tokens(reference["reference"]), mode
         if mode == "eager":
-            assert set(graphs + run["graphs_per_step_second_call"]) == {0}
+            assert {graphs for call in run["calls"] for graphs in call["graphs_per_step"]} == {0}
         else:
-            # prefill, first decode step, then one graph with a dynamic cache length: never one per step
-            assert 1 <= graphs[-1] <= 3 and graphs[3:] == [graphs[-1]] * (NEW_TOKENS - 3), graphs
-            assert run["graphs_per_step_second_call"] == [graphs[-1]] * NEW_TOKENS, "recompiled on a second call"
-        check_timing(run["timing"], calls=2, prompt_len=9, batch_size=3)
+            check_two_graphs(run["calls"])
+        check_timing(run["timing"], [9, 9, 6], [NEW_TOKENS, NEW_TOKENS, NEW_TOKENS - 7], batch_size=3)
+        assert run["layers_after"] == ["LlamaDecoderLayer"]  # the model keeps its own layers between calls
 
-    # One log line per generate call, saying mode, backend, dynamic and fullgraph.
-    assert log.count("eager mode on cpu (EXE_MODE=eager), no torch.compile") == 2
+    # One log line per generate call, saying mode, backend, scope, dynamic and fullgraph.
+    assert log.count("eager mode on cpu (EXE_MODE=eager), no torch.compile") == 3
     for mode, inductor in (("max-autotune", "mode=default"), ("reduce-overhead", "mode=default, cpp_wrapper=True")):
-        line = f"dynamo mode {mode} on cpu, backend=inductor ({inductor}), dynamic=True, fullgraph=True"
-        assert log.count(line) == 2, log
+        line = f"dynamo mode {mode} on cpu, backend=inductor ({inductor}), scope={scope}, dynamic=True, fullgraph=True"
+        assert log.count(line) == 3, log
+
+
+LAYER_SWAP_PROBE = """
+import copy, json, os, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2)).eval()
+ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+def run(mode):
+    os.environ["EXE_MODE"] = mode
+    return model.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)[:, 5:].tolist()
+before = [run("dynamo"), run("eager")]
+model.model.layers[1] = copy.deepcopy(model.model.layers[0])  # an application swapping a layer, say an adapter
+after = [run("dynamo"), run("eager")]
+print(json.dumps({"before": before, "after": after, "layers": [type(layer).__name__ for layer in model.model.layers]}))
+"""
+
+
+@pytest.mark.slow
+def test_the_layers_scope_follows_a_replaced_layer(graph_mode_site):
+    env = {"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": "layers"}
+    result = run_python(["-c", LAYER_SWAP_PROBE], graph_mode_site, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    (compiled, eager), (compiled_after, eager_after) = report["before"], report["after"]
+    assert compiled == eager and compiled_after == eager_after and eager_after != eager
+    assert report["layers"] == ["LlamaDecoderLayer", "LlamaDecoderLayer"]
 
 
 SETTING_PROBE = """
@@ -73,6 +103,8 @@ except ValueError as error:
         ("EXE_MODE", "graph", "dynamo, eager"),
         ("GRAPH_MODE", "fast", "max-autotune, reduce-overhead"),
         ("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", "turbo", "default, reduce-overhead, max-autotune"),
+        ("LLAMA_GRAPH_PATCH_COMPILE_SCOPE", "blocks", "model, layers"),
+        ("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "yes", "1, 0"),
     ],
 )
 def test_an_unknown_setting_is_an_error_not_a_fallback(graph_mode_site, variable, value, allowed):
@@ -81,15 +113,11 @@ def test_an_unknown_setting_is_an_error_not_a_fallback(graph_mode_site, variable
     assert f"{variable}='{value}' is not allowed; use one of: {allowed}" in result.stdout
 
 
-CPU_COMPILE_PROBE = """
+BACKEND_PROBE = """
 import json, sys, torch
-from types import SimpleNamespace
 from transformers.generation import utils
 torch.__version__ = sys.argv[1]
-asked = []
-torch.compile = lambda model, **options: asked.append(options) or model
-utils._llama_graph_patch_compile(SimpleNamespace(__dict__={}), torch.zeros(1, 2))
-print(json.dumps(asked))
+print(json.dumps(utils._llama_graph_patch_backend(sys.argv[2], "cpu")[0]))
 """
 
 
@@ -103,12 +131,10 @@ print(json.dumps(asked))
     ],
 )
 def test_on_cpu_reduce_overhead_takes_the_cpp_wrapper(graph_mode_site, graph_mode, override, torch_version, expected):
-    env = {"EXE_MODE": "dynamo", "GRAPH_MODE": graph_mode}
-    if override:
-        env["LLAMA_GRAPH_PATCH_INDUCTOR_MODE"] = override
-    result = run_python(["-c", CPU_COMPILE_PROBE, torch_version], graph_mode_site, env=env)
+    env = {"LLAMA_GRAPH_PATCH_INDUCTOR_MODE": override} if override else {}
+    result = run_python(["-c", BACKEND_PROBE, torch_version, graph_mode], graph_mode_site, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout) == [{"dynamic": True, "fullgraph": True, "backend": "inductor", **expected}]
+    assert json.loads(result.stdout) == {"backend": "inductor", **expected}
 
 
 def test_without_the_timing_variable_nothing_is_timed_or_written(graph_mode_site, tmp_path):
@@ -126,13 +152,15 @@ def test_npu_path_calls_torchair_as_the_guide_does(graph_mode_site):
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
     assert report["stand_ins"] == [True, True]
-    for case, mode, workaround in (
-        ("max_autotune", "max-autotune", False),
-        ("reduce_overhead", "reduce-overhead", False),
-        ("reduce_overhead_torch_2_1", "reduce-overhead", True),
+    for case, mode, workaround, compiled in (
+        ("max_autotune", "max-autotune", False, ["LlamaForCausalLM"]),
+        ("reduce_overhead", "reduce-overhead", False, ["LlamaForCausalLM"]),
+        ("reduce_overhead_torch_2_1", "reduce-overhead", True, ["LlamaForCausalLM"]),
+        ("reduce_overhead_layers", "reduce-overhead", False, ["LlamaDecoderLayer", "LlamaDecoderLayer"]),
     ):
         asked = report[case]
-        assert asked["compile_options"] == [{"dynamic": True, "fullgraph": True}]
+        assert asked["compiled"] == compiled and asked["one_backend_for_all"] is True
+        assert asked["compile_options"] == [{"dynamic": True, "fullgraph": True}] * len(compiled)
         assert asked["mode"] == mode
         assert asked["frozen_parameter"] is True
         assert asked["disable_reinplace_inplaceable_ops_pass"] is workaround

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from helpers import NPU_STANDINS, WORKERS, generate, run_python
+from helpers import NPU_STANDINS, WORKERS, check_two_graphs, generate, run_python, tokens
 
 MODES = ("eager", "max-autotune", "reduce-overhead")
 NEW_TOKENS = 64
@@ -15,13 +15,19 @@ PROMPT = 9
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scope", ["model", "layers"])
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
-def test_static_cache_matches_unpatched_transformers_without_recompiles(pristine_site, static_site, tmp_path, kv_heads):
+def test_static_cache_matches_unpatched_transformers_without_recompiles(
+    pristine_site, static_site, tmp_path, kv_heads, scope
+):
     common = ("--kv-heads", kv_heads, "--new-tokens", NEW_TOKENS)
     reference, _ = generate(pristine_site, *common, "--modes", "reference")
     # --forbid-recompiles: torch.compiler.set_stance("fail_on_recompile") from the first decode step on.
-    results, log = generate(static_site, *common, "--forbid-recompiles", "--timing-dir", tmp_path)
-    length = PROMPT + NEW_TOKENS
+    results, log = generate(
+        static_site, *common, "--forbid-recompiles", "--timing-dir", tmp_path,
+        env={"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope},
+    )
+    length = PROMPT + NEW_TOKENS  # the first call's; the third, shorter, reuses its cache
     decode_step = {
         "input_ids": [3, 1],
         "position_ids": [3, 1],
@@ -31,18 +37,16 @@ def test_static_cache_matches_unpatched_transformers_without_recompiles(pristine
     for mode in MODES:
         run = results[mode]
         assert run["static_cache"], mode
-        assert run["tokens"] == run["second_call_tokens"] == reference["reference"]["tokens"], mode
-        assert run["input_shapes"][0]["past_key_values"] == [[3, kv_heads, length, 8], [PROMPT]]
-        assert run["input_shapes"][1:] == [decode_step] * (NEW_TOKENS - 1), mode
-        graphs = run["graphs_per_step"]
+        assert tokens(run) == tokens(reference["reference"]), mode
+        for call, prompt in zip(run["calls"], (PROMPT, PROMPT, 6)):
+            assert call["input_shapes"][0]["past_key_values"] == [[3, kv_heads, length, 8], [prompt]]
+            assert call["input_shapes"][1:] == [decode_step] * (len(call["input_shapes"]) - 1), mode
         if mode == "eager":
-            assert set(graphs) == {0}
+            assert {graphs for call in run["calls"] for graphs in call["graphs_per_step"]} == {0}
         else:
-            # one graph for the prefill, one for every decode step, none after the first decode step
-            assert graphs[:2] == [1, 2] and graphs[1:] == [2] * (NEW_TOKENS - 1), graphs
-            assert run["graphs_per_step_second_call"] == [2] * NEW_TOKENS
+            check_two_graphs(run["calls"])
     cache = f"static KV cache 2 layers x 2 x 3x{kv_heads}x{length}x8 float32"
-    assert log.count(cache) == 2 * len(MODES), log
+    assert log.count(cache) == 3 * len(MODES), log
 
 
 def test_the_static_cache_can_be_switched_off_at_run_time(pristine_site, static_site):
@@ -52,8 +56,8 @@ def test_the_static_cache_can_be_switched_off_at_run_time(pristine_site, static_
         env={"LLAMA_GRAPH_PATCH_STATIC_CACHE": "0"},
     )
     assert results["eager"]["static_cache"] is False
-    assert results["eager"]["input_shapes"][2]["attention_mask"] == [3, PROMPT + 2]  # the growing cache
-    assert results["eager"]["tokens"] == reference["reference"]["tokens"]
+    assert results["eager"]["calls"][0]["input_shapes"][2]["attention_mask"] == [3, PROMPT + 2]  # the growing cache
+    assert tokens(results["eager"]) == tokens(reference["reference"])
 
 
 def test_on_npu_the_cache_is_written_with_scatter_update(static_site):

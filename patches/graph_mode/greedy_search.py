@@ -21,6 +21,5 @@ def after_forward(_llama_graph_patch_timer, model_inputs):
         _llama_graph_patch_timer.stop(model_inputs)
 
 
-def after_loop(_llama_graph_patch_timer):
-    if _llama_graph_patch_timer is not None:
-        _llama_graph_patch_timer.write()
+def after_loop(self, _llama_graph_patch_timer):
+    _llama_graph_patch_finish(self, _llama_graph_patch_timer)

@@ -35,13 +35,17 @@ class LlamaGraphPatchStaticCache(object):
         self.shape = (batch_size, config.num_key_value_heads, max_length, head_dim)
         self.dtype = dtype
         self.device = device
-        self.keys = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        # Ordinary tensors even when generate runs under inference_mode: the compiled model runs outside it
+        # and writes into them.
+        with torch.inference_mode(False):
+            self.keys = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+            self.values = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         mark_static_address = getattr(torch._dynamo, "mark_static_address", None)
         if mark_static_address is not None:
             # Graph capture then updates these buffers in place instead of copying them on every replay.
+            # guard=False: a new cache of another size reuses the compiled graphs instead of compiling anew.
             for tensor in self.keys + self.values:
-                mark_static_address(tensor)
+                mark_static_address(tensor, guard=False)
         self.written = 0  # slots filled so far in this generate call; a host-side int, never a graph input
 
     @property
@@ -53,7 +57,9 @@ class LlamaGraphPatchStaticCache(object):
         return sum(tensor.numel() * tensor.element_size() for tensor in self.keys + self.values)
 
     def fits(self, batch_size, max_length, dtype, device):
-        return self.shape[0] == batch_size and self.max_length == max_length and (self.dtype, self.device) == (
+        """Whether a call of this batch size and length can use these buffers (slots past its length stay
+        masked)."""
+        return self.shape[0] == batch_size and max_length <= self.max_length and (self.dtype, self.device) == (
             dtype,
             device,
         )
@@ -76,7 +82,8 @@ class LlamaGraphPatchStaticCache(object):
 
 
 def llama_graph_patch_allocate_static_cache(model, batch_size, max_length, device):
-    """The model's static cache for this call: the previous one zeroed if the shape fits, else a new one."""
+    """The model's static cache for this call: the previous one zeroed if the call fits in it, else a new one
+    in its place. The model never holds more than one."""
     import logging
 
     if getattr(model.config, "pretraining_tp", 1) > 1:
@@ -105,7 +112,8 @@ def llama_graph_patch_static_inputs(cache, input_ids, attention_mask):
         attention_mask = torch.ones_like(input_ids)
     position_ids = attention_mask.long().cumsum(-1) - 1
     position_ids.masked_fill_(attention_mask == 0, 1)
-    slots = torch.arange(start, length, dtype=torch.long, device=input_ids.device)
+    with torch.inference_mode(False):  # an ordinary tensor, like the cache it indexes
+        slots = torch.arange(start, length, dtype=torch.long, device=input_ids.device)
     cache.written = length
     return {
         "input_ids": input_ids[:, start:].contiguous(),

@@ -1,9 +1,10 @@
 """Greedy generation with a tiny random Llama, in each asked mode; prints one JSON object.
 
 Run in a child process whose import path starts with the transformers to test (patched or not), so a
-test can compare modes and installations. For each mode it reports the generated tokens, the number of
-graphs dynamo compiled after every step and after a second generate call, the shapes of the model's
-inputs at every step, the log lines of the patch, and the step timing records.
+test can compare modes and installations. Each mode makes three generate calls: a left-padded batch,
+the same batch again, and a batch with shorter prompts and fewer new tokens. For each call it reports
+the generated tokens, the number of graphs dynamo has compiled after every step and the shapes of the
+model's inputs at every step; for the mode, the step timing records.
 """
 
 import argparse
@@ -33,14 +34,21 @@ def tiny_llama(kv_heads):
     return LlamaForCausalLM(config).eval()
 
 
-def left_padded_batch():
-    """Three prompts of 9, 6 and 4 tokens, padded on the left to 9."""
-    generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(3, 99, (3, 9), generator=generator)
-    attention_mask = torch.ones(3, 9, dtype=torch.long)
-    attention_mask[1, :3] = 0
-    attention_mask[2, :5] = 0
+def left_padded_batch(lengths, seed=1):
+    """Prompts of the given lengths, padded on the left to the longest."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    input_ids = torch.randint(3, 99, (len(lengths), width), generator=generator)
+    attention_mask = torch.ones(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        attention_mask[row, : width - length] = 0
     return input_ids.masked_fill(attention_mask == 0, 0), attention_mask
+
+
+def calls(new_tokens):
+    """The three generate calls of every mode: (input_ids, attention_mask, new tokens)."""
+    first = left_padded_batch([9, 6, 4])
+    return [(*first, new_tokens), (*first, new_tokens), (*left_padded_batch([6, 6, 2], seed=2), new_tokens - 7)]
 
 
 class CompiledGraphsPerStep(LogitsProcessor):
@@ -77,8 +85,7 @@ def record_input_shapes(model, shapes):
     model.prepare_inputs_for_generation = recording
 
 
-def run_mode(mode, args, input_ids, attention_mask):
-    input_ids, attention_mask = input_ids.to(args.device), attention_mask.to(args.device)
+def run_mode(mode, args):
     from torch._dynamo.utils import counters
 
     os.environ["EXE_MODE"] = "eager" if mode in ("eager", "reference") else "dynamo"
@@ -91,34 +98,38 @@ def run_mode(mode, args, input_ids, attention_mask):
     model = tiny_llama(args.kv_heads).to(args.device)
     shapes = []
     record_input_shapes(model, shapes)
-    outputs = []
-    graphs = []
+    results = []
     with torch.no_grad():
-        for call in range(2):
+        for input_ids, attention_mask, new_tokens in calls(args.new_tokens):
             steps = CompiledGraphsPerStep(counters, args.forbid_recompiles and os.environ["EXE_MODE"] == "dynamo")
+            del shapes[:]
             sequences = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens,
+                input_ids=input_ids.to(args.device),
+                attention_mask=attention_mask.to(args.device),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
                 do_sample=False,
                 logits_processor=LogitsProcessorList([steps]),
             )
             if steps.forbid:
                 torch.compiler.set_stance("default")
-            outputs.append(sequences[:, input_ids.shape[1] :].tolist())
-            graphs.append(steps.graphs)
+            results.append(
+                {
+                    "tokens": sequences[:, input_ids.shape[1] :].tolist(),
+                    "graphs_per_step": steps.graphs,
+                    "input_shapes": shapes[:new_tokens],
+                }
+            )
     records = []
     if timing and os.path.exists(timing):
         with open(timing) as source:
             records = [json.loads(line) for line in source]
+    cache = model.__dict__.get("_llama_graph_patch", {}).get("cache")
     return {
-        "tokens": outputs[0],
-        "second_call_tokens": outputs[1],
-        "graphs_per_step": graphs[0],
-        "graphs_per_step_second_call": graphs[1],
-        "input_shapes": shapes[: args.new_tokens],
+        "calls": results,
         "static_cache": "llama_graph_patch_kv_cache" in model.__dict__,
+        "compile_cache": cache and {"state": cache["state"], "path": cache["path"]},
+        "layers_after": sorted({type(layer).__name__ for layer in model.model.layers}),
         "timing": records,
     }
 
@@ -135,8 +146,7 @@ def main():
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-    input_ids, attention_mask = left_padded_batch()
-    results = {mode: run_mode(mode, args, input_ids, attention_mask) for mode in args.modes.split(",")}
+    results = {mode: run_mode(mode, args) for mode in args.modes.split(",")}
     print(json.dumps(results))
 
 

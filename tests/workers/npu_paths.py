@@ -27,20 +27,26 @@ class OnNpu:
         self.shape = data_on_cpu.shape
 
 
-def compile_on_npu(graph_mode, torch_version):
+def compile_on_npu(graph_mode, torch_version, scope="model"):
     """Run the patch's compile step for an NPU model and what torch.compile and torchair received."""
     torch.manual_seed(0)
     model = LlamaForCausalLM(
-        LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+        LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     ).eval()
     asked = []
+    backends = []
     real_compile = torch.compile
 
+    compiled_modules = []
+
     def recording_compile(module, **options):
+        compiled_modules.append(module)
         asked.append({key: value for key, value in options.items() if key != "backend"})
+        backends.append(options["backend"])
         return real_compile(module, **options)
 
-    os.environ.update(EXE_MODE="dynamo", GRAPH_MODE=graph_mode)
+    os.environ.update(EXE_MODE="dynamo", GRAPH_MODE=graph_mode, LLAMA_GRAPH_PATCH_COMPILE_SCOPE=scope)
+    captured_before = len(torchair.captured_graphs)
     torch.compile, real_version, torch.__version__ = recording_compile, torch.__version__, torch_version
     try:
         compiled = utils._llama_graph_patch_compile(model, OnNpu(torch.zeros(1, 4)))
@@ -51,11 +57,13 @@ def compile_on_npu(graph_mode, torch_version):
     with torch.no_grad():
         same = torch.equal(compiled(input_ids=ids).logits, model(input_ids=ids).logits)
     return {
+        "compiled": [type(module).__name__ for module in compiled_modules],
+        "one_backend_for_all": len({id(backend) for backend in backends}) == 1,
         "compile_options": asked,
         "mode": config.mode,
         "frozen_parameter": config.experimental_config.frozen_parameter,
         "disable_reinplace_inplaceable_ops_pass": config.debug.aclgraph.disable_reinplace_inplaceable_ops_pass,
-        "graphs_captured_by_backend": len(torchair.captured_graphs),
+        "graphs_captured_by_backend": len(torchair.captured_graphs) - captured_before,
         "same_logits_as_eager": same,
     }
 
@@ -87,6 +95,7 @@ def main():
         "max_autotune": compile_on_npu("max-autotune", torch.__version__),
         "reduce_overhead": compile_on_npu("reduce-overhead", "2.5.1"),
         "reduce_overhead_torch_2_1": compile_on_npu("reduce-overhead", "2.1.0+cpu"),
+        "reduce_overhead_layers": compile_on_npu("reduce-overhead", "2.5.1", scope="layers"),
         "timer_when_unset": utils._llama_graph_patch_step_timer(torch.zeros(1, 2)) is None,
         "synchronize": {kind: synchronize_calls(kind) for kind in ("npu", "cuda", "cpu")},
         "static_cache_write": static_cache_write_on_npu() if hasattr(modeling_llama, "llama_graph_patch_write_cache") else None,

@@ -1,0 +1,192 @@
+"""The persistent compile cache the graph-mode patch keeps under LLAMA_GRAPH_PATCH_CACHE: a second process
+loads instead of compiling, a file it cannot use costs one WARNING and a normal compile, and processes
+sharing the folder never see half a file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import generate, run_python, tokens
+
+COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
+
+
+def generate_with_cache(site: Path, root: Path) -> tuple[dict, str]:
+    results, log = generate(site, *COMMON, env={"LLAMA_GRAPH_PATCH_CACHE": str(root)})
+    return results["max-autotune"], log
+
+
+@pytest.fixture(scope="module")
+def reference(pristine_site) -> list:
+    results, _ = generate(pristine_site, "--kv-heads", 2, "--new-tokens", 12, "--modes", "reference")
+    return tokens(results["reference"])
+
+
+@pytest.fixture(scope="module")
+def filled(graph_mode_site, tmp_path_factory) -> tuple[Path, dict, str]:
+    """A cache root after one process compiled into it, with that process's result and log."""
+    root = tmp_path_factory.mktemp("filled")
+    run, log = generate_with_cache(graph_mode_site, root)
+    return root, run, log
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_what_the_first_saved(graph_mode_site, filled, reference, tmp_path):
+    root, first, log = filled
+    assert first["compile_cache"]["state"] == "cold" and tokens(first) == reference
+    artifact = Path(first["compile_cache"]["path"])
+    assert artifact.parent == root / "compile" / "artifacts"
+    assert "saved" in log and str(artifact) in log
+    header = json.loads(artifact.read_bytes().split(b"\n", 1)[0])
+    assert header["format"] == "llama-graph-patch compile artifacts 1"
+    assert header["key"]["scope"] == "model" and header["key"]["model"] == "LlamaForCausalLM"
+    assert any((root / "compile" / "inductor").iterdir())  # inductor's own caches went there too
+
+    second_root = tmp_path / "copy"
+    shutil.copytree(root, second_root)
+    second, log = generate_with_cache(graph_mode_site, second_root)
+    assert second["compile_cache"]["state"] == "warm"
+    assert tokens(second) == reference
+    assert "WARNING" not in log and "not using the compile artifacts" not in log
+
+
+def corrupt(path: Path, how: str) -> str:
+    """Spoil an artifact file the way `how` says; returns the reason the patch should give."""
+    header_line, payload = path.read_bytes().split(b"\n", 1)
+    header = json.loads(header_line)
+    if how == "unreadable":
+        path.write_bytes(os.urandom(4096))
+        return "unreadable"
+    if how == "damaged":
+        path.write_bytes(header_line + b"\n" + payload[: len(payload) // 2])
+        return "damaged"
+    if how == "stale":
+        header["key"]["torch"] = "1.13.0"
+    else:
+        header["key"]["config"]["hidden_size"] *= 2
+    path.write_bytes(json.dumps(header).encode() + b"\n" + payload)
+    return how
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["unreadable", "damaged", "stale", "foreign"])
+def test_an_unusable_artifact_gives_one_warning_and_a_normal_compile(graph_mode_site, filled, reference, tmp_path, how):
+    root = tmp_path / "cache"
+    shutil.copytree(filled[0], root)
+    artifact = Path(filled[1]["compile_cache"]["path"].replace(str(filled[0]), str(root)))
+    reason = corrupt(artifact, how)
+
+    run, log = generate_with_cache(graph_mode_site, root)
+    assert tokens(run) == reference and run["compile_cache"]["state"] == "cold"
+    warnings = [line for line in log.splitlines() if "not using the compile artifacts" in line]
+    assert len(warnings) == 1 and str(artifact) in warnings[0] and f"({reason}:" in warnings[0], log
+    header_line, payload = artifact.read_bytes().split(b"\n", 1)  # written anew after the compile
+    header = json.loads(header_line)
+    assert header["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert header["key"] == json.loads(Path(filled[1]["compile_cache"]["path"]).read_bytes().split(b"\n", 1)[0])["key"]
+
+
+CONCURRENT_SAVES = """
+import os, sys, torch
+from transformers.generation import utils
+cache = {"path": sys.argv[1], "key": {"test": 1}, "state": "cold"}
+for round in range(int(sys.argv[2])):
+    payload = os.urandom(int.from_bytes(os.urandom(2), "big") * 16)  # up to 1 MB, a new length each time
+    torch.compiler.save_cache_artifacts = lambda: (payload, None)
+    utils._llama_graph_patch_save_compile_cache(cache)
+"""
+
+CONCURRENT_READS = """
+import sys, time
+from transformers.generation import utils
+path, deadline, reads = sys.argv[1], time.time() + float(sys.argv[2]), 0
+while time.time() < deadline:
+    try:
+        utils._llama_graph_patch_read_artifacts(path, {"test": 1})  # raises on half a file
+        reads += 1
+    except FileNotFoundError:
+        pass
+print(reads)
+"""
+
+
+def test_processes_sharing_the_folder_never_see_half_a_file(graph_mode_site, tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import POISON, python_path
+
+    artifact = tmp_path / "compile" / "artifacts" / "shared.bin"
+    env = {**os.environ, **python_path(POISON, graph_mode_site)}
+    command = [sys.executable, "-c"]
+    writers = [subprocess.Popen([*command, CONCURRENT_SAVES, str(artifact), "6"], env=env) for _ in range(4)]
+    reader = subprocess.Popen([*command, CONCURRENT_READS, str(artifact), "20"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert [writer.wait(timeout=600) for writer in writers] == [0, 0, 0, 0]
+    out, err = reader.communicate(timeout=600)
+    assert reader.returncode == 0, err[-3000:]
+    assert int(out) > 0
+    assert sorted(path.name for path in artifact.parent.iterdir()) == ["shared.bin", "shared.bin.lock"]
+
+
+OPEN_PROBE = """
+import json, os, sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.generation import utils
+model = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2))
+cache = utils._llama_graph_patch_open_compile_cache(model, torch.device("cpu"), {"scope": "model"})
+print(json.dumps({"cache": cache and cache["path"], "inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}))
+"""
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (None, "{root}/compile/inductor"),
+        ("{tmp}/torchinductor_someone", "{root}/compile/inductor"),  # torch's own default: replaced
+        ("/srv/inductor", "/srv/inductor"),  # the user's choice: kept
+    ],
+)
+def test_inductor_caches_go_under_the_cache_root_unless_the_user_chose(graph_mode_site, tmp_path, given, expected):
+    import tempfile
+
+    root = tmp_path / "root"
+    env = {"LLAMA_GRAPH_PATCH_CACHE": str(root)}
+    if given:
+        env["TORCHINDUCTOR_CACHE_DIR"] = given.format(tmp=tempfile.gettempdir())
+    result = run_python(["-c", OPEN_PROBE], graph_mode_site, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["inductor"] == expected.format(root=root)
+    assert report["cache"].startswith(f"{root}/compile/artifacts/") and report["cache"].endswith(".bin")
+
+
+def test_the_compile_cache_can_be_switched_off(graph_mode_site, tmp_path):
+    env = {"LLAMA_GRAPH_PATCH_CACHE": str(tmp_path / "root"), "LLAMA_GRAPH_PATCH_COMPILE_CACHE": "0"}
+    result = run_python(["-c", OPEN_PROBE], graph_mode_site, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["cache"] is None and not (tmp_path / "root").exists()
+
+
+UNWRITABLE_SAVE = """
+import sys, torch
+from transformers.generation import utils
+torch.compiler.save_cache_artifacts = lambda: (b"artifacts", None)
+utils._llama_graph_patch_save_compile_cache({"path": sys.argv[1], "key": {}, "state": "cold"})
+print("returned")
+"""
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_warning(graph_mode_site, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    result = run_python(["-c", UNWRITABLE_SAVE, str(blocker / "artifacts" / "x.bin")], graph_mode_site)
+    assert result.returncode == 0 and result.stdout.strip() == "returned", result.stderr[-3000:]
+    assert "could not save compile artifacts" in result.stderr and str(blocker) in result.stderr
