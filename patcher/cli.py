@@ -22,8 +22,8 @@ EXIT_CODES = """exit codes:
   4  the code to patch is not in the expected shape
   5  a patched file was modified since apply (see revert --force)
   6  file-system error (permission, read-only, lock timeout)
-  7  bench: the transformers it would run is not patched as needed
-  8  bench: at least one mode failed (the report holds the others)
+  7  bench, warm: the transformers it would run is not patched as needed
+  8  bench, warm: at least one mode failed (the report holds the others)
 """
 
 
@@ -85,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     diff.set_defaults(run=run_diff)
 
     from patcher.bench.command import add_bench_parser
+    from patcher.bench.warm import add_warm_parser
 
     add_bench_parser(commands)
+    add_warm_parser(commands)
     return parser
 
 
@@ -119,6 +121,9 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"versions: {versions}{'' if report['supported'] else ' (transformers version not supported)'}")
     if status.detail:
         print(f"detail: {status.detail}")
+    cache = report["cache"]
+    print(f"cache: {cache['root']} (compile artifacts in {cache['compile']}: {cache['compile_files']} files, "
+          f"{cache['compile_mb']:.1f} MB)")
     return 0
 
 

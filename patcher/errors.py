@@ -41,12 +41,12 @@ class FileSystemError(PatcherError):
 
 
 class NotPatched(PatcherError):
-    """bench: the transformers it would run is not patched the way the benchmark needs."""
+    """bench, warm: the transformers it would run is not patched the way they need."""
 
     exit_code = 7
 
 
 class BenchModeFailed(PatcherError):
-    """bench: at least one mode failed; the report still holds the modes that ran."""
+    """bench, warm: at least one mode failed; the report still holds the modes that ran."""
 
     exit_code = 8

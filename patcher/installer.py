@@ -9,6 +9,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from patcher import __version__
+from patcher.cache import cache_root, compile_folder, usage
 from patcher.catalog import Patch, files_of, load_catalog, resolve
 from patcher.errors import ModifiedSinceApply, UnexpectedCode
 from patcher.locate import Target
@@ -44,6 +45,7 @@ class Status:
             "torch_npu_version": versions.get("torch_npu"),
             "torchair_version": versions.get("torchair"),
             "tool_version": __version__,
+            "cache": cache_report(),
         }
 
 
@@ -51,6 +53,18 @@ class Status:
 class Outcome:
     message: str  # one line for the console
     changed: bool
+
+
+def cache_report() -> dict:
+    """The tool's cache root and how much the compile artifacts in it take (README: compile cache)."""
+    root = cache_root()
+    compiled = usage(compile_folder(root))
+    return {
+        "root": str(root),
+        "compile": str(compile_folder(root)),
+        "compile_files": compiled.files,
+        "compile_mb": round(compiled.mb, 3),
+    }
 
 
 def every_file() -> list[str]:

@@ -77,10 +77,16 @@ def test_bench_runs_three_modes_and_reports_every_field(graph_mode_site, embedde
         assert numbers["warmup_s"] > 0 and numbers["peak_memory_mb"] > 0
         assert numbers["token_agreement_vs_eager"] == 1.0, mode
         assert numbers["model_bytes"] > 0 and numbers["decode_bandwidth_gbs"] > 0
+        assert numbers["compile_s"] >= 0 and numbers["scope"] == (None if mode == "eager" else "model")
+        assert numbers["graphs"] == (0 if mode == "eager" else 2)
+        assert numbers["cache"] in ((None,) if mode == "eager" else ("cold", "warm"))
+    assert report["modes"]["max-autotune"]["compile_s"] > 10 * report["modes"]["eager"]["compile_s"]
     assert report["modes"]["eager"]["decode_speedup_vs_eager"] == 1.0
     assert "| mode | batch | prefill ms | decode ms |" in (out / "b.md").read_text()
+    assert "| compile s | graphs | cache | scope |" in (out / "b.md").read_text()
     assert (out / "b.png").read_bytes().startswith(b"\x89PNG")
     assert result.stdout.splitlines()[0].split()[:4] == ["mode", "batch", "prefill", "ms"]
+    assert result.stdout.splitlines()[0].split()[-5:] == ["compile", "s", "graphs", "cache", "scope"]
     assert "max-autotune" in result.stderr and "tok" in result.stderr  # the progress bars
 
 
@@ -141,6 +147,10 @@ def test_one_run_compares_the_growing_and_the_static_cache(static_site, embedded
         (["--static-cache"], 7, "run: llama-graph-patch apply --static-cache"),
         (["--modes", "eager,eager+static"], 7, "run: llama-graph-patch apply --static-cache"),
         (["--modes", "eager+turbo"], 2, "unknown mode eager+turbo"),
+        (["--modes", "max-autotune@blocks"], 2, "unknown mode max-autotune@blocks"),
+        (["--modes", "eager@layers"], 2, "eager compiles nothing, so it takes no @scope"),
+        (["--model-path", "/tmp", "--layers", "3"], 2, "a checkpoint keeps its own layers"),
+        (["--layers", "0"], 2, "must be at least 1"),
         (["--modes", "eager", "--execute_mode", "eager"], 2, "exclude each other"),
     ],
 )
@@ -196,3 +206,76 @@ def test_statistics_follow_their_definitions():
     assert numbers["decode_bandwidth_gbs"] == pytest.approx((3 * 1000 + 306 * 10) / 0.015 / 1e9)
     static = stats.bandwidth({**result, "static_cache_mb": 1.0}, [records[:4]], plan)
     assert static["decode_bytes_per_step"] == 1000 + 104 * 10
+
+
+@pytest.mark.slow
+def test_layers_scope_cold_and_a_layer_count_in_one_run(graph_mode_site, embedded, tmp_path):
+    """--layers makes the embedded model deeper; @layers compiles its decoder layer once; --cold starts each
+    compiled mode from an empty cache of its own."""
+    report_path = tmp_path / "b.json"
+    result = bench(
+        graph_mode_site, embedded,
+        "--layers", "3", "--cold", "--modes", "eager,max-autotune@layers", "--batch-size", "2", "--input-len", "12",
+        "--max-new-tokens", "5", "--runs", "2", "--output-json", str(report_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["metadata"]["layers"] == 3 and report["metadata"]["cold"] is True
+    assert report["metadata"]["model"].endswith(", 3 layers")
+    layers = report["modes"]["max-autotune@layers"]
+    assert (layers["scope"], layers["cache"], layers["graphs"]) == ("layers", "cold", 2)
+    assert layers["token_agreement_vs_eager"] == 1.0
+    assert not list(embedded.glob("compile"))  # --cold: the shared cache root got no compile artifacts
+
+
+def warm(site: Path, cache: Path, *arguments: str):
+    return run_cli("warm", *arguments, env={**python_path(site), "LLAMA_GRAPH_PATCH_CACHE": str(cache)}, timeout=1800)
+
+
+@pytest.mark.slow
+def test_warm_fills_the_cache_that_status_shows_and_bench_finds(graph_mode_site, tiny_checkpoint, tmp_path):
+    cache = tmp_path / "cache"
+    shapes = ("--model-path", str(tiny_checkpoint), "--batch-size", "2", "--input-len", "10", "--max-new-tokens", "4")
+    result = warm(graph_mode_site, cache, *shapes, "--modes", "max-autotune", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    (row,) = summary["modes"]
+    assert (row["mode"], row["status"], row["graphs"], row["cache_before"]) == ("max-autotune", "ok", 2, "cold")
+    assert row["seconds"] > 0 and row["files_added"] > 0 and row["mb_added"] > 0
+    assert summary["compile_cache"] == str(cache / "compile") and summary["compile_files"] == row["files_added"]
+
+    status = run_cli("status", "--json", env={**python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(cache)})
+    assert json.loads(status.stdout)["cache"] == {
+        "root": str(cache), "compile": str(cache / "compile"),
+        "compile_files": summary["compile_files"], "compile_mb": round(summary["compile_mb"], 3),
+    }
+
+    table = warm(graph_mode_site, cache, *shapes, "--modes", "max-autotune")
+    assert table.returncode == 0, table.stderr[-3000:]
+    fields = table.stdout.splitlines()[1].split()
+    assert fields[0] == "max-autotune" and float(fields[1]) > 0 and fields[2:4] == ["2", "warm"], table.stdout
+    assert f"compile cache {cache / 'compile'}:" in table.stdout
+
+    report_path = tmp_path / "b.json"
+    bench_run = bench(graph_mode_site, cache, *shapes, "--modes", "max-autotune", "--output-json", str(report_path))
+    assert bench_run.returncode == 0, bench_run.stderr[-3000:]
+    assert json.loads(report_path.read_text())["modes"]["max-autotune"]["cache"] == "warm"
+
+
+@pytest.mark.parametrize(
+    "arguments, code, message",
+    [
+        (["--modes", "eager"], 2, "eager compiles nothing, so there is nothing to warm"),
+        (["--modes", "turbo"], 2, "unknown mode turbo"),
+        (["--batch-size", "x"], 2, "invalid positive value"),
+    ],
+)
+def test_warm_refusals(graph_mode_site, tmp_path, arguments, code, message):
+    result = warm(graph_mode_site, tmp_path, *arguments)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+
+
+def test_warm_refuses_an_unpatched_transformers(pristine_site, tmp_path):
+    result = warm(pristine_site, tmp_path, "--modes", "max-autotune")
+    assert result.returncode == 7 and "run: llama-graph-patch apply" in result.stderr

@@ -392,7 +392,7 @@ def test_python_option_reads_a_venv_without_torch(pristine_site, tmp_path):
     one_line_error(run_cli("status", "--python", str(tmp_path / "no-python")), 2, "no such interpreter")
 
 
-@pytest.mark.parametrize("command", [[], ["apply"], ["revert"], ["status"], ["diff"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["apply"], ["revert"], ["status"], ["diff"], ["bench"], ["warm"]])
 def test_every_command_has_help(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0 and "usage: llama-graph-patch" in result.stdout

@@ -18,6 +18,7 @@ from pathlib import Path
 import filelock
 
 from patcher import __version__
+from patcher.cache import cache_root
 from patcher.errors import UsageError
 
 EMBEDDED_NAME = "llama-graph-patch embedded tiny Llama (random weights, not Llama-2)"
@@ -77,14 +78,11 @@ The weights of this model are random numbers, so its answers are random words.
 """
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(os.environ.get("LLAMA_GRAPH_PATCH_CACHE", os.path.join(base, "llama-graph-patch")))
-
-
-def embedded_model(cache_dir: Path | None = None) -> Path:
-    """The embedded checkpoint folder, built on first use (under a lock, renamed into place whole)."""
-    folder = (cache_dir or default_cache_dir()) / f"embedded-tiny-llama-{recipe_digest()}"
+def embedded_model(cache_dir: Path | None = None, layers: int | None = None) -> Path:
+    """The embedded checkpoint folder, built on first use (under a lock, renamed into place whole).
+    `layers` gives it another number of decoder layers (bench --layers)."""
+    layers = layers or EMBEDDED_CONFIG["num_hidden_layers"]
+    folder = (cache_dir or cache_root()) / f"embedded-tiny-llama-{recipe_digest(layers)}"
     if (folder / "model.safetensors").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +90,7 @@ def embedded_model(cache_dir: Path | None = None) -> Path:
         if not (folder / "model.safetensors").exists():
             staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
             try:
-                build_embedded_model(staging)
+                build_embedded_model(staging, layers)
                 staging.chmod(0o755)
                 os.replace(staging, folder)
             finally:
@@ -100,15 +98,17 @@ def embedded_model(cache_dir: Path | None = None) -> Path:
     return folder
 
 
-def recipe_digest() -> str:
+def recipe_digest(layers: int) -> str:
     """Names the cache folder after what the build depends on, so a changed recipe builds anew."""
     import torch
 
     recipe = [__version__, torch.__version__, EMBEDDED_CONFIG, EMBEDDED_VOCAB, TOKENIZER_TEXT, GUIDE_PROMPTS]
+    if layers != EMBEDDED_CONFIG["num_hidden_layers"]:
+        recipe.append(layers)
     return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
 
 
-def build_embedded_model(folder: Path) -> None:
+def build_embedded_model(folder: Path, layers: int | None = None) -> None:
     """Write the embedded checkpoint into `folder`: the same bytes on every build with one torch."""
     import torch
     from safetensors.torch import save_file
@@ -129,7 +129,7 @@ def build_embedded_model(folder: Path) -> None:
             "clean_up_tokenization_spaces": False,
         },
     )
-    config = LlamaConfig(vocab_size=EMBEDDED_VOCAB, **EMBEDDED_CONFIG)
+    config = LlamaConfig(vocab_size=EMBEDDED_VOCAB, **{**EMBEDDED_CONFIG, "num_hidden_layers": layers or EMBEDDED_CONFIG["num_hidden_layers"]})
     config.architectures = ["LlamaForCausalLM"]
     config.torch_dtype = "float32"
     write_json(folder / "config.json", config.to_dict())

@@ -17,7 +17,10 @@ COLUMNS = (
     ("memory MB", "peak_memory_mb", "{:.0f}"),
     ("speed-up", "decode_speedup_vs_eager", "{:.2f}x"),
     ("agree", "token_agreement_vs_eager", "{:.0%}"),
-    ("warm-up s", "warmup_s", "{:.1f}"),
+    ("compile s", "compile_s", "{:.1f}"),
+    ("graphs", "graphs", "{}"),
+    ("cache", "cache", "{}"),
+    ("scope", "scope", "{}"),
 )
 
 

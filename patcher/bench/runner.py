@@ -15,40 +15,38 @@ import sys
 import threading
 from pathlib import Path
 
-# The guide's switches for each mode (read by the patched greedy_search).
-MODE_ENVIRONMENT = {
-    "eager": {"EXE_MODE": "eager"},
-    "max-autotune": {"EXE_MODE": "dynamo", "GRAPH_MODE": "max-autotune"},
-    "reduce-overhead": {"EXE_MODE": "dynamo", "GRAPH_MODE": "reduce-overhead"},
-}
-# A mode name with this suffix runs that mode with the static KV cache, whatever --static-cache says, so
-# that one interleaved run can compare the growing and the static cache.
-STATIC_SUFFIX = "+static"
+from patcher.bench.modes import Mode
+
+# What a worker must not inherit when --cold gives it an empty compile cache of its own.
+CACHE_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 
-def mode_environment(mode: str, static_cache: bool) -> dict[str, str]:
-    """The environment variables one benchmark mode's worker runs under."""
-    base = mode.removesuffix(STATIC_SUFFIX)
-    static = static_cache or mode.endswith(STATIC_SUFFIX)
-    return {**MODE_ENVIRONMENT[base], "LLAMA_GRAPH_PATCH_STATIC_CACHE": "1" if static else "0"}
+def worker_environment(mode: Mode, plan: dict, folder: Path) -> dict[str, str]:
+    """The environment of one mode's worker: the mode's switches, and with --cold a private empty cache."""
+    environment = {**os.environ, **mode.environment()}
+    environment.pop("LLAMA_GRAPH_PATCH_TIMING", None)  # the worker sets it for the measured runs only
+    if plan["cold"] and mode.compiles:
+        for name in CACHE_VARIABLES:
+            environment.pop(name, None)
+        environment["LLAMA_GRAPH_PATCH_CACHE"] = str(folder / f"{mode.name}.cache")
+    return environment
 
 
 class ModeRun:
     """One mode's worker process, and what it leaves behind: result, timing records, or an error."""
 
     def __init__(
-        self, mode: str, plan: dict, plan_path: Path, folder: Path, timeout: float | None, label_width: int
+        self, mode: Mode, plan: dict, plan_path: Path, folder: Path, timeout: float | None, label_width: int
     ) -> None:
         from tqdm import tqdm
 
-        self.mode = mode
-        self.result_path = folder / f"{mode}.result.json"
-        self.timing_path = folder / f"{mode}.timing.jsonl"
-        self.log_path = folder / f"{mode}.log"
+        self.mode = mode.name
+        self.result_path = folder / f"{mode.name}.result.json"
+        self.timing_path = folder / f"{mode.name}.timing.jsonl"
+        self.log_path = folder / f"{mode.name}.log"
         self.error: str | None = None
         self.timeout = timeout
-        environment = {**os.environ, **mode_environment(mode, plan["static_cache"])}
-        environment.pop("LLAMA_GRAPH_PATCH_TIMING", None)  # the worker sets it for the measured runs only
+        environment = worker_environment(mode, plan, folder)
         command = [
             sys.executable, "-m", "patcher.bench.worker",
             "--plan", str(plan_path), "--result", str(self.result_path), "--timing", str(self.timing_path),
@@ -56,7 +54,7 @@ class ModeRun:
         self.log = open(self.log_path, "w", encoding="utf-8")
         self.bar = tqdm(
             total=(plan["warmup_runs"] + plan["runs"]) * plan["max_new_tokens"],
-            desc=mode.rjust(label_width), unit="tok", dynamic_ncols=True, file=sys.stderr,
+            desc=mode.name.rjust(label_width), unit="tok", dynamic_ncols=True, file=sys.stderr,
         )
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=environment
@@ -122,8 +120,8 @@ class ModeRun:
         return [json.loads(line) for line in self.timing_path.read_text(encoding="utf-8").splitlines()]
 
 
-def run_modes(modes: list[str], plan: dict, plan_path: Path, folder: Path, timeout: float | None) -> list[ModeRun]:
-    width = max(map(len, modes))  # aligns the progress bars
+def run_modes(modes: list[Mode], plan: dict, plan_path: Path, folder: Path, timeout: float | None) -> list[ModeRun]:
+    width = max(len(mode.name) for mode in modes)  # aligns the progress bars
     if not plan["interleave"]:
         runs = []
         for mode in modes:

@@ -48,6 +48,9 @@ def summarize(result: dict, records: list[dict], plan: dict, eager_tokens: list 
         "new_tokens": result["new_tokens"][-1],
         "new_tokens_as_asked": all(count == plan["max_new_tokens"] for count in result["new_tokens"]),
         "warmup_s": result["warmup_s"],
+        "compile_s": compile_seconds(result["call_s"]),
+        "graphs": result["graphs"],
+        "cache": result["cache"],
         "peak_memory_mb": result["peak_memory_mb"],
         "token_agreement_vs_eager": agreement(result["tokens"], eager_tokens),
         "model_bytes": result["model_bytes"],
@@ -58,6 +61,14 @@ def summarize(result: dict, records: list[dict], plan: dict, eager_tokens: list 
     }
     summary.update(bandwidth(result, runs, plan))
     return summary
+
+
+def compile_seconds(call_s: list[float]) -> float | None:
+    """The first generate call's time beyond a steady-state call of the same shape (the median of the later
+    calls): what compiling, and loading compiled code, cost. None without a later call."""
+    if len(call_s) < 2:
+        return None
+    return max(0.0, call_s[0] - statistics.median(call_s[1:]))
 
 
 def agreement(tokens: list[list[int]], eager: list[list[int]] | None) -> float | None:

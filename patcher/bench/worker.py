@@ -92,30 +92,36 @@ def run(plan: dict, timing_path: str) -> dict:
     )
 
     os.environ.pop("LLAMA_GRAPH_PATCH_TIMING", None)
-    warmup_s = None
+    call_s = []  # wall time of every generate call, warm-up ones first
+    sequences = []
+
+    def generate():
+        started = time.perf_counter()
+        output = model.generate(**inputs, **options)
+        synchronize(device, torch)
+        call_s.append(time.perf_counter() - started)
+        return output
+
     with torch.no_grad():
         for run_index in range(plan["warmup_runs"]):
             progress(event="phase", name="warm-up (compiles in graph modes)" if run_index == 0 else "warm-up")
-            started = time.perf_counter()
-            model.generate(**inputs, **options)
-            synchronize(device, torch)
-            if run_index == 0:
-                warmup_s = time.perf_counter() - started
+            last = generate()
         # The parent says when to measure: all runs at once, or one at a time between other modes' runs.
         progress(event="ready")
         os.environ["LLAMA_GRAPH_PATCH_TIMING"] = timing_path
-        sequences = []
         for command in sys.stdin:
             command = command.strip()
             if command == "finish":
                 break
             progress(event="phase", name="measuring")
             for _ in range(plan["runs"] if command == "measure" else 1):
-                sequences.append(model.generate(**inputs, **options))
+                sequences.append(generate())
             progress(event="ran")
-    if not sequences:
+    if plan["runs"] and not sequences:
         raise RuntimeError("the parent asked for no measured run")
-    generated = sequences[-1][:, plan["input_len"] :]
+    if sequences:
+        last = sequences[-1]
+    generated = last[:, plan["input_len"] :]
     cache = model.__dict__.get("llama_graph_patch_kv_cache")
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
@@ -127,7 +133,10 @@ def run(plan: dict, timing_path: str) -> dict:
         "new_tokens": [int(sequence.shape[1]) - plan["input_len"] for sequence in sequences],
         "tokens": generated.tolist(),
         "answers": None if plan["preset"] else tokenizer.batch_decode(generated, skip_special_tokens=True),
-        "warmup_s": warmup_s,
+        "warmup_s": call_s[0] if plan["warmup_runs"] else None,
+        "call_s": call_s,
+        "graphs": compiled_graphs(),
+        "cache": compile_cache_state(model),
         "peak_memory_mb": peak_memory_mb(device, torch),
         "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         # keys and values of every layer, per token of the batch
@@ -136,6 +145,19 @@ def run(plan: dict, timing_path: str) -> dict:
         "static_cache_mb": cache.nbytes / 2**20 if cache is not None else None,
         "peak_bandwidth_gbs": peak_bandwidth_gbs(device, torch),
     }
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo compiled in this process (for every model in it: the worker holds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def compile_cache_state(model) -> str | None:
+    """What the patched transformers found in the compile cache: "warm", "cold", or None (eager, no cache)."""
+    cache = model.__dict__.get("_llama_graph_patch", {}).get("cache")
+    return cache["state"] if cache else None
 
 
 def resolve_device(asked: str, torch):
@@ -174,7 +196,8 @@ def load(plan: dict, device, dtype, torch):
         from patcher.bench.models import PRESETS
 
         with torch.device(device):
-            model = LlamaForCausalLM._from_config(LlamaConfig(**PRESETS[plan["preset"]]), torch_dtype=dtype)
+            shape = {**PRESETS[plan["preset"]], **({"num_hidden_layers": plan["layers"]} if plan["layers"] else {})}
+            model = LlamaForCausalLM._from_config(LlamaConfig(**shape), torch_dtype=dtype)
     else:
         model = LlamaForCausalLM.from_pretrained(plan["model_path"], torch_dtype=dtype).to(device)
     return model.eval(), tokenizer

@@ -1,0 +1,141 @@
+"""What `bench` and `warm` share: the model and workload flags, and turning them into a worker plan.
+
+A plan is the JSON the parent writes for its worker processes (patcher/bench/worker.py): which model,
+device, dtype, shapes and prompts, and how many generate calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from patcher import installer
+from patcher.bench import models
+from patcher.catalog import patch_names, resolve
+from patcher.errors import NotPatched, UsageError
+from patcher.locate import Target, find_target
+from patcher.policy import check_supported
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model (default: the embedded tiny Llama, random weights)")
+    model.add_argument("--model-path", "--model_path", dest="model_path", help="a Llama checkpoint folder")
+    model.add_argument(
+        "--preset", choices=sorted(models.PRESETS), help="random weights of this shape, made on the device"
+    )
+    model.add_argument(
+        "--layers", type=positive, metavar="N",
+        help="this many decoder layers instead (the embedded model or a preset), to see compile time grow with depth",
+    )
+    model.add_argument(
+        "--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+        help="auto: float16 on cuda and npu, float32 on cpu",
+    )
+    model.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda", "npu"], help="auto: npu, else cuda, else cpu"
+    )
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    work = parser.add_argument_group("workload")
+    work.add_argument("--batch-size", type=positive, default=4, help="prompts per generate call (4)")
+    work.add_argument("--input-len", type=positive, default=1024, help="prompts are left-padded to this (1024)")
+    work.add_argument("--max-new-tokens", type=positive, default=1024, help="exactly this many per call (1024)")
+    work.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: the guide's four)")
+    return work
+
+
+@dataclass(frozen=True)
+class Setup:
+    plan: dict  # what every worker gets
+    model_name: str  # for reports
+    weights: str  # "checkpoint" or "random"
+    target: Target  # the transformers the workers import
+    patches: list[str]  # what that transformers carries
+
+
+def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
+    """Check the flags and the installed transformers, build the embedded model if needed, and make the
+    plan. `plan` adds the run counts and switches of the command."""
+    if args.model_path and args.preset:
+        raise UsageError("--model-path and --preset name two different models; give one")
+    if args.model_path and args.layers:
+        raise UsageError("--layers changes the embedded model or a --preset; a checkpoint keeps its own layers")
+    if args.model_path:
+        max_positions = models.checkpoint_config(args.model_path).get("max_position_embeddings", 2048)
+    elif args.preset:
+        max_positions = models.PRESETS[args.preset]["max_position_embeddings"]
+    else:
+        max_positions = models.EMBEDDED_CONFIG["max_position_embeddings"]
+    if args.input_len + args.max_new_tokens > max_positions:
+        raise UsageError(
+            f"--input-len {args.input_len} + --max-new-tokens {args.max_new_tokens} = "
+            f"{args.input_len + args.max_new_tokens} exceeds the model's max_position_embeddings {max_positions}"
+        )
+    prompts = read_prompts(args.prompts) if args.prompts else list(models.GUIDE_PROMPTS)
+    target, patches = require_patched(static_cache)
+
+    if args.model_path:
+        model_path = tokenizer_path = name = args.model_path
+    else:
+        model_path = tokenizer_path = str(models.embedded_model(layers=None if args.preset else args.layers))
+        name = models.EMBEDDED_NAME
+        if args.layers and not args.preset:
+            name += f", {args.layers} layers"
+        if args.preset:  # random weights; the embedded tokenizer only turns the prompts into ids
+            layers = f", {args.layers} layers" if args.layers else ""
+            model_path, name = None, f"--preset {args.preset}{layers} (random weights in Llama-2-7B's shape, not Llama-2)"
+    plan = {
+        "model_path": model_path,
+        "tokenizer_path": tokenizer_path,
+        "preset": args.preset,
+        "layers": args.layers,
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "input_len": args.input_len,
+        "max_new_tokens": args.max_new_tokens,
+        "prompts": prompts,
+        **plan,
+    }
+    return Setup(plan, name, "checkpoint" if args.model_path else "random", target, patches)
+
+
+def require_patched(static_cache: bool) -> tuple[Target, list[str]]:
+    """The transformers this interpreter imports, refused (exit 3 or 7) unless it carries what the modes need."""
+    target = find_target()
+    status = installer.inspect(target)
+    wanted = patch_names(static_cache)
+    check_supported(target, resolve(wanted))
+    if status.state != "patched" or not set(wanted) <= set(status.patches):
+        fix = "llama-graph-patch apply" + (" --static-cache" if static_cache else "")
+        raise NotPatched(
+            f"the transformers {target.transformers_version} this command would run ({target.site_packages}) is "
+            f"{status.state}{' with ' + '+'.join(status.patches) if status.patches else ''}; run: {fix}"
+        )
+    return target, status.patches
+
+
+def read_prompts(path: str) -> list[str]:
+    try:
+        prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as error:
+        raise UsageError(f"--prompts {path}: {error.strerror}") from None
+    if not prompts:
+        raise UsageError(f"--prompts {path}: no prompts in it (one per line)")
+    return prompts

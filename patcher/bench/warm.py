@@ -1,0 +1,117 @@
+"""`llama-graph-patch warm`: fill the compile cache for given shapes, as a deploy or image-build step.
+
+Each mode runs one generate call in a fresh process (the bench's worker), so that the patched
+transformers compiles its prefill and decode graphs and keeps them under the cache root; a later process
+with the same model, shapes and mode then loads them instead of compiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from patcher.bench import runner
+from patcher.bench.modes import GRAMMAR, Mode, parse_modes
+from patcher.bench.setup import add_model_arguments, add_workload_arguments, prepare
+from patcher.cache import cache_root, compile_folder, usage
+from patcher.errors import BenchModeFailed, UsageError
+
+DEFAULT_MODES = "max-autotune,reduce-overhead"
+
+
+def add_warm_parser(commands) -> None:
+    warm = commands.add_parser(
+        "warm",
+        help="compile the given shapes once so that later processes load instead of compiling",
+        description="Run one generate call per mode, each in a fresh process, so that the compile cache under "
+        "LLAMA_GRAPH_PATCH_CACHE (default ~/.cache/llama-graph-patch) holds what those shapes need; print what "
+        "was stored. Run it in the image or on the machine that will serve, with the same model flags, shapes "
+        "and modes as the application.",
+    )
+    add_model_arguments(warm)
+    warm.add_argument(
+        "--modes",
+        default=DEFAULT_MODES,
+        help=f"comma-separated (default: {DEFAULT_MODES}); a mode is {GRAMMAR}",
+    )
+    add_workload_arguments(warm)
+    warm.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    warm.set_defaults(run=run_warm)
+
+
+def run_warm(args: argparse.Namespace) -> int:
+    modes = parse_modes(args.modes)
+    if not all(mode.compiles for mode in modes):
+        raise UsageError(f"--modes {args.modes}: eager compiles nothing, so there is nothing to warm")
+    setup = prepare(args, any(mode.static_cache for mode in modes), warmup_runs=1, runs=0, interleave=False, cold=False)
+    folder = Path(tempfile.mkdtemp(prefix="llama-graph-patch-warm-"))
+    plan_path = folder / "plan.json"
+    plan_path.write_text(json.dumps(setup.plan), encoding="utf-8")
+    stored = compile_folder()
+    rows = []
+    for mode in modes:
+        before = usage(stored)
+        run = warm_one(mode, setup.plan, plan_path, folder)
+        added = usage(stored) - before
+        result = run.result() if run.error is None else {}
+        rows.append(
+            {
+                "mode": mode.name,
+                "status": "ok" if run.error is None else "failed",
+                "error": run.error,
+                "seconds": result.get("warmup_s"),
+                "graphs": result.get("graphs"),
+                "cache_before": result.get("cache"),
+                "files_added": added.files,
+                "mb_added": added.mb,
+            }
+        )
+    total = usage(stored)
+    summary = {
+        "cache_root": str(cache_root()),
+        "compile_cache": str(stored),
+        "compile_files": total.files,
+        "compile_mb": total.mb,
+        "torchinductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+        "model": setup.model_name,
+        "modes": rows,
+    }
+    print(json.dumps(summary, indent=2) if args.json else table(summary))
+    failed = [row for row in rows if row["status"] != "ok"]
+    if failed:
+        reasons = "; ".join(f"{row['mode']}: {row['error']}" for row in failed)
+        raise BenchModeFailed(f"{len(failed)} of {len(rows)} modes failed ({reasons}); worker logs in {folder}")
+    shutil.rmtree(folder)
+    return 0
+
+
+def warm_one(mode: Mode, plan: dict, plan_path: Path, folder: Path) -> runner.ModeRun:
+    run = runner.ModeRun(mode, plan, plan_path, folder, None, len(mode.name))
+    run.send("finish")
+    return run.finish()
+
+
+def table(summary: dict) -> str:
+    lines = [f"{'mode':<28} {'seconds':>8} {'graphs':>6}  {'cache before':<12}  stored"]
+    for row in summary["modes"]:
+        if row["status"] != "ok":
+            lines.append(f"{row['mode']:<28} FAILED: {row['error']}")
+            continue
+        lines.append(
+            f"{row['mode']:<28} {row['seconds']:>8.1f} {row['graphs']:>6}  {row['cache_before'] or '-':<12}  "
+            f"+{row['files_added']} files, {row['mb_added']:+.1f} MB"
+        )
+    lines.append(
+        f"compile cache {summary['compile_cache']}: {summary['compile_files']} files, {summary['compile_mb']:.1f} MB"
+        + (
+            f" (inductor's caches in TORCHINDUCTOR_CACHE_DIR={summary['torchinductor_cache_dir']})"
+            if summary["torchinductor_cache_dir"]
+            else ""
+        )
+    )
+    lines.append(f"model: {summary['model']}")
+    return "\n".join(lines)
