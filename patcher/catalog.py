@@ -13,6 +13,7 @@ class Edit:
     file: str  # path inside site-packages, e.g. transformers/generation/utils.py
     codemod: str  # a key of patcher.codemods.COMMANDS
     snippet: str  # a file inside patches/
+    methods: tuple[str, ...] = ()  # the GenerationMixin methods a generation codemod edits
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Patch:
     summary: str
     supported: SpecifierSet  # transformers versions the snippets were written against
     requires: tuple[str, ...]
+    methods: dict[str, tuple[str, ...]]  # what the patch does with generate()'s decoding methods, by kind
     edits: tuple[Edit, ...]
 
 
@@ -33,6 +35,7 @@ def load_catalog() -> dict[str, Patch]:
             summary=entry["summary"],
             supported=SpecifierSet(entry["transformers"]),
             requires=tuple(entry["requires"]),
+            methods=dict(entry["methods"]),
             edits=tuple(Edit(*edit) for edit in entry["edits"]),
         )
         for entry in entries

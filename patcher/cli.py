@@ -115,6 +115,8 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"file: {report['file']}")
     for entry in status.files:
         print(f"  {entry['file']}: {entry['state']} {'+'.join(entry['patches'])}".rstrip())
+    for patch, methods in report["methods"].items():
+        print(f"{patch}: " + "; ".join(f"{kind}: {', '.join(names)}" for kind, names in methods.items()))
     versions = ", ".join(
         f"{name} {report[name + '_version'] or '-'}" for name in ("transformers", "torch", "torch_npu", "torchair")
     )

@@ -45,6 +45,7 @@ class Status:
             "torch_npu_version": versions.get("torch_npu"),
             "torchair_version": versions.get("torchair"),
             "tool_version": __version__,
+            "methods": {patch.name: {kind: list(names) for kind, names in patch.methods.items()} for patch in resolve(self.patches)},
             "cache": cache_report(),
         }
 

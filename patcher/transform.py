@@ -27,7 +27,8 @@ def patch_file(relative: str, original: bytes, patches: list[Patch], shown_as: s
     for patch in patches:
         for edit in patch.edits:
             if edit.file == relative:
-                command = COMMANDS[edit.codemod](CodemodContext(filename=shown_as), load_snippet(edit.snippet))
+                parameters = (edit.methods,) if edit.methods else ()
+                command = COMMANDS[edit.codemod](CodemodContext(filename=shown_as), load_snippet(edit.snippet), *parameters)
                 # transform_module would first deep-copy the tree for metadata, which these codemods
                 # do not use: 1.4 s per codemod on generation/utils.py.
                 tree = command.transform_module_impl(tree)

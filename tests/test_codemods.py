@@ -8,6 +8,7 @@ from libcst.codemod import CodemodTest
 from patcher.codemods import (
     AddMethodsCommand,
     AppendDefinitionsCommand,
+    InsertAtMethodStartCommand,
     InsertBeforeGenerationLoopCommand,
     PrependToMethodsCommand,
     TimeForwardCallCommand,
@@ -19,9 +20,9 @@ GREEDY_SNIPPET = cst.parse_module(
 """Snippet docstring, never copied."""
 
 
-def before_loop(self, input_ids):
+def before_loop(self, input_ids, method_name):
     # compile first
-    self = compile_model(self, input_ids)
+    self = compile_model(self, input_ids, method_name)
 
 
 def before_forward(timer):
@@ -67,7 +68,7 @@ class TestInsertBeforeGenerationLoop(CodemodTest):
             def greedy_search(self, input_ids):
                 done = False
                 # compile first
-                self = compile_model(self, input_ids)
+                self = compile_model(self, input_ids, "greedy_search")
                 while True:
                     model_inputs = prepare(input_ids)
 
@@ -83,7 +84,7 @@ class TestInsertBeforeGenerationLoop(CodemodTest):
                 while True:
                     outputs = self()
         """
-        self.assertCodemod(GREEDY_SEARCH, after, GREEDY_SNIPPET)
+        self.assertCodemod(GREEDY_SEARCH, after, GREEDY_SNIPPET, ["greedy_search"])
 
     def test_comments_above_the_loop_stay_above_the_inserted_block(self) -> None:
         before = """
@@ -100,11 +101,11 @@ class TestInsertBeforeGenerationLoop(CodemodTest):
 
                 # generate
                 # compile first
-                self = compile_model(self, input_ids)
+                self = compile_model(self, input_ids, "greedy_search")
                 while True:
                     break
         """
-        self.assertCodemod(before, after, GREEDY_SNIPPET)
+        self.assertCodemod(before, after, GREEDY_SNIPPET, ["greedy_search"])
 
     def test_refuses_without_a_top_level_while_true(self) -> None:
         before = """
@@ -116,8 +117,8 @@ class TestInsertBeforeGenerationLoop(CodemodTest):
                 while input_ids:
                     break
         """
-        with self.assertRaisesRegex(UnexpectedCode, r"`while True:` in GenerationMixin.greedy_search not found"):
-            self.assertCodemod(before, before, GREEDY_SNIPPET)
+        with self.assertRaisesRegex(UnexpectedCode, r"_has_unfinished_sequences\(...\)`\) in GenerationMixin.greedy_search not found"):
+            self.assertCodemod(before, before, GREEDY_SNIPPET, ["greedy_search"])
 
     def test_refuses_two_loops(self) -> None:
         before = """
@@ -129,7 +130,7 @@ class TestInsertBeforeGenerationLoop(CodemodTest):
                     break
         """
         with self.assertRaisesRegex(UnexpectedCode, "found 2 times"):
-            self.assertCodemod(before, before, GREEDY_SNIPPET)
+            self.assertCodemod(before, before, GREEDY_SNIPPET, ["greedy_search"])
 
     def test_refuses_greedy_search_outside_generation_mixin(self) -> None:
         before = """
@@ -143,12 +144,81 @@ class TestInsertBeforeGenerationLoop(CodemodTest):
                     break
         """
         with self.assertRaisesRegex(UnexpectedCode, "GenerationMixin.greedy_search not found"):
-            self.assertCodemod(before, before, GREEDY_SNIPPET)
+            self.assertCodemod(before, before, GREEDY_SNIPPET, ["greedy_search"])
 
     def test_refuses_two_greedy_searches(self) -> None:
         before = GREEDY_SEARCH + "\nclass GenerationMixin:\n    def greedy_search(self):\n        while True:\n            break\n"
         with self.assertRaisesRegex(UnexpectedCode, "GenerationMixin.greedy_search found 2 times"):
-            self.assertCodemod(before, before, GREEDY_SNIPPET)
+            self.assertCodemod(before, before, GREEDY_SNIPPET, ["greedy_search"])
+
+
+    def test_edits_every_named_method_with_its_own_name(self) -> None:
+        before = """
+        class GenerationMixin:
+            def sample(self, input_ids):
+                while True:
+                    outputs = self(input_ids)
+
+            def beam_search(self, input_ids):
+                while True:
+                    outputs = self(input_ids)
+
+            def contrastive_search(self, input_ids):
+                while True:
+                    outputs = self(input_ids)
+        """
+        after = """
+        class GenerationMixin:
+            def sample(self, input_ids):
+                # compile first
+                self = compile_model(self, input_ids, "sample")
+                while True:
+                    outputs = self(input_ids)
+
+            def beam_search(self, input_ids):
+                # compile first
+                self = compile_model(self, input_ids, "beam_search")
+                while True:
+                    outputs = self(input_ids)
+
+            def contrastive_search(self, input_ids):
+                while True:
+                    outputs = self(input_ids)
+        """
+        self.assertCodemod(before, after, GREEDY_SNIPPET, ["sample", "beam_search"])
+
+    def test_knows_the_loop_of_transformers_4_39_and_later(self) -> None:
+        before = """
+        class GenerationMixin:
+            def _sample(self, input_ids):
+                while self._has_unfinished_sequences(this_peer_finished, synced_gpus, device=input_ids.device):
+                    outputs = self(input_ids)
+        """
+        after = """
+        class GenerationMixin:
+            def _sample(self, input_ids):
+                # compile first
+                self = compile_model(self, input_ids, "_sample")
+                while self._has_unfinished_sequences(this_peer_finished, synced_gpus, device=input_ids.device):
+                    outputs = self(input_ids)
+        """
+        self.assertCodemod(before, after, GREEDY_SNIPPET, ["_sample"])
+
+    def test_a_refusal_names_the_method(self) -> None:
+        before = """
+        class GenerationMixin:
+            def greedy_search(self, input_ids):
+                while True:
+                    outputs = self(input_ids)
+
+            def sample(self, input_ids):
+                for step in range(8):
+                    outputs = self(input_ids)
+        """
+        with self.assertRaisesRegex(UnexpectedCode, r"generation loop .* in GenerationMixin.sample not found"):
+            self.assertCodemod(before, before, GREEDY_SNIPPET, ["greedy_search", "sample"])
+        with self.assertRaisesRegex(UnexpectedCode, "GenerationMixin.beam_search not found"):
+            self.assertCodemod(before, before, GREEDY_SNIPPET, ["greedy_search", "beam_search"])
 
 
 class TestTimeForwardCall(CodemodTest):
@@ -177,7 +247,7 @@ class TestTimeForwardCall(CodemodTest):
                 while True:
                     outputs = self()
         """
-        self.assertCodemod(GREEDY_SEARCH, after, GREEDY_SNIPPET)
+        self.assertCodemod(GREEDY_SEARCH, after, GREEDY_SNIPPET, ["greedy_search"])
 
     def test_refuses_when_the_call_is_missing(self) -> None:
         before = """
@@ -189,7 +259,7 @@ class TestTimeForwardCall(CodemodTest):
                     result = self(input_ids)
         """
         with self.assertRaisesRegex(UnexpectedCode, r"`outputs = self\(...\)` .* not found"):
-            self.assertCodemod(before, before, GREEDY_SNIPPET)
+            self.assertCodemod(before, before, GREEDY_SNIPPET, ["greedy_search"])
 
     def test_refuses_when_the_call_is_doubled(self) -> None:
         before = """
@@ -200,7 +270,7 @@ class TestTimeForwardCall(CodemodTest):
                     outputs = self(input_ids, again=True)
         """
         with self.assertRaisesRegex(UnexpectedCode, r"`outputs = self\(...\)` .* found 2 times"):
-            self.assertCodemod(before, before, GREEDY_SNIPPET)
+            self.assertCodemod(before, before, GREEDY_SNIPPET, ["greedy_search"])
 
 
 DEFINITIONS = cst.parse_module(
@@ -347,3 +417,58 @@ class TestAddMethods(CodemodTest):
     def test_refuses_a_missing_class(self) -> None:
         with self.assertRaisesRegex(UnexpectedCode, "class Attention not found"):
             self.assertCodemod("x = 1\n", "x = 1\n", CLASS_SNIPPET)
+
+
+AT_START_SNIPPET = cst.parse_module(
+    '''
+def at_start(self, method_name):
+    # say so
+    say_eager(self, method_name)
+'''
+)
+
+
+class TestInsertAtMethodStart(CodemodTest):
+    TRANSFORM = InsertAtMethodStartCommand
+
+    def test_inserts_after_the_docstring_of_each_named_method(self) -> None:
+        before = '''
+        class GenerationMixin:
+            def contrastive_search(self, input_ids):
+                r"""Generates with contrastive search."""
+                # init values
+                top_k = 4
+
+            def assisted_decoding(self, input_ids):
+                return input_ids
+
+            def sample(self, input_ids):
+                return input_ids
+        '''
+        after = '''
+        class GenerationMixin:
+            def contrastive_search(self, input_ids):
+                r"""Generates with contrastive search."""
+                # say so
+                say_eager(self, "contrastive_search")
+                # init values
+                top_k = 4
+
+            def assisted_decoding(self, input_ids):
+                # say so
+                say_eager(self, "assisted_decoding")
+                return input_ids
+
+            def sample(self, input_ids):
+                return input_ids
+        '''
+        self.assertCodemod(before, after, AT_START_SNIPPET, ["contrastive_search", "assisted_decoding"])
+
+    def test_refuses_a_missing_method(self) -> None:
+        before = """
+        class GenerationMixin:
+            def sample(self, input_ids):
+                return input_ids
+        """
+        with self.assertRaisesRegex(UnexpectedCode, "GenerationMixin.assisted_decoding not found"):
+            self.assertCodemod(before, before, AT_START_SNIPPET, ["assisted_decoding"])

@@ -140,7 +140,7 @@ def test_on_cpu_reduce_overhead_takes_the_cpp_wrapper(graph_mode_site, graph_mod
 def test_without_the_timing_variable_nothing_is_timed_or_written(graph_mode_site, tmp_path):
     probe = (
         "import torch; from transformers.generation import utils; "
-        "print(utils._llama_graph_patch_step_timer(torch.zeros(2, 3)))"
+        "print(utils._llama_graph_patch_step_timer(torch.zeros(2, 3), \"sample\"))"
     )
     result = run_python(["-c", probe], graph_mode_site, env={"LLAMA_GRAPH_PATCH_TIMING": ""})
     assert result.returncode == 0 and result.stdout.strip() == "None", result.stderr

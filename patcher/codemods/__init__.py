@@ -2,6 +2,7 @@
 
 from patcher.codemods.add_methods import AddMethodsCommand
 from patcher.codemods.append_definitions import AppendDefinitionsCommand
+from patcher.codemods.insert_at_method_start import InsertAtMethodStartCommand
 from patcher.codemods.insert_before_generation_loop import InsertBeforeGenerationLoopCommand
 from patcher.codemods.prepend_to_methods import PrependToMethodsCommand
 from patcher.codemods.time_forward_call import TimeForwardCallCommand
@@ -11,6 +12,7 @@ COMMANDS = {
     "append-definitions": AppendDefinitionsCommand,
     "insert-before-generation-loop": InsertBeforeGenerationLoopCommand,
     "time-forward-call": TimeForwardCallCommand,
+    "insert-at-method-start": InsertAtMethodStartCommand,
     "prepend-to-methods": PrependToMethodsCommand,
     "add-methods": AddMethodsCommand,
 }

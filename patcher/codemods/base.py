@@ -15,7 +15,13 @@ from patcher.errors import UnexpectedCode
 
 # Names of methods a snippet adds (rather than edits) start with this.
 NEW_MEMBER_PREFIX = "llama_graph_patch_"
-GREEDY_SEARCH = "GenerationMixin.greedy_search"
+# In a snippet for generation methods, this name stands for the edited method's name, as a string.
+METHOD_NAME_PLACEHOLDER = "method_name"
+# The generation loop of a decoding method: `while True:` (transformers < 4.39) or
+# `while self._has_unfinished_sequences(...):` (4.39 and later).
+GENERATION_LOOP = m.While(
+    test=m.Name("True") | m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("_has_unfinished_sequences")))
+)
 
 
 def load_snippet(relative: str) -> cst.Module:
@@ -36,6 +42,18 @@ def function_body(snippet: cst.Module, name: str) -> list[cst.BaseStatement]:
         if isinstance(statement, cst.FunctionDef) and statement.name.value == name:
             return without_docstring(statement.body.body)
     raise LookupError(f"snippet has no function {name}()")
+
+
+def with_method_name(statements: Sequence[cst.BaseStatement], method: str) -> list[cst.BaseStatement]:
+    """`statements` with every `method_name` replaced by the string literal of `method`."""
+
+    class Substitute(cst.CSTTransformer):
+        def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
+            if updated_node.value == METHOD_NAME_PLACEHOLDER:
+                return cst.SimpleString(f'"{method}"')
+            return updated_node
+
+    return [statement.visit(Substitute()) for statement in statements]
 
 
 def snippet_methods(snippet: cst.Module) -> dict[str, list[cst.FunctionDef]]:
@@ -162,23 +180,41 @@ class PlacedCommand(VisitorBasedCodemodCommand):
         return node
 
 
-class GenerationLoopCommand(PlacedCommand):
-    """A codemod that edits GenerationMixin.greedy_search around its one top-level `while True:`."""
+class GenerationMethodsCommand(PlacedCommand):
+    """A codemod that edits the named methods of GenerationMixin, each found exactly once."""
 
-    def __init__(self, context: CodemodContext) -> None:
+    def __init__(self, context: CodemodContext, methods: Sequence[str]) -> None:
         super().__init__(context)
-        self.paths = {("GenerationMixin", "greedy_search")}
-        self.expected = [GREEDY_SEARCH]
+        self.methods = tuple(methods)
+        self.paths = {("GenerationMixin", method) for method in self.methods}
+        self.expected = [f"GenerationMixin.{method}" for method in self.methods]
 
     def edit_function(self, scope: tuple[str, ...], node: cst.FunctionDef) -> cst.FunctionDef:
-        if scope != ("GenerationMixin",) or node.name.value != "greedy_search":
+        if scope != ("GenerationMixin",) or node.name.value not in self.methods:
             return node
-        self.found(GREEDY_SEARCH)
-        body = list(node.body.body)
-        loops = [i for i, statement in enumerate(body) if m.matches(statement, m.While(test=m.Name("True")))]
-        self.require_once(f"a top-level `while True:` in {GREEDY_SEARCH}", len(loops))
-        return node.with_changes(body=node.body.with_changes(body=self.edit_loop(body, loops[0])))
+        where = f"GenerationMixin.{node.name.value}"
+        self.found(where)
+        body = self.edit_method(where, node.name.value, list(node.body.body))
+        return node.with_changes(body=node.body.with_changes(body=body))
 
-    def edit_loop(self, body: list[cst.BaseStatement], index: int) -> list[cst.BaseStatement]:
-        """The new greedy_search body, given the old one and the index of its loop."""
+    def edit_method(self, where: str, method: str, body: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+        """The method's new body, given its old one."""
+        raise NotImplementedError
+
+
+class GenerationLoopCommand(GenerationMethodsCommand):
+    """A codemod that edits decoding methods of GenerationMixin around their one top-level generation loop."""
+
+    def edit_method(self, where: str, method: str, body: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+        loops = [i for i, statement in enumerate(body) if m.matches(statement, GENERATION_LOOP)]
+        self.require_once(
+            f"a top-level generation loop (`while True:` or `while self._has_unfinished_sequences(...)`) in {where}",
+            len(loops),
+        )
+        return self.edit_loop(where, method, body, loops[0])
+
+    def edit_loop(
+        self, where: str, method: str, body: list[cst.BaseStatement], index: int
+    ) -> list[cst.BaseStatement]:
+        """The new method body, given the old one and the index of its loop."""
         raise NotImplementedError

@@ -1,12 +1,14 @@
-"""Codemod: put timing points around the model call inside greedy_search's generation loop."""
+"""Codemod: put timing points around the model call inside the generation loop of decoding methods."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import CodemodContext
 
-from patcher.codemods.base import GREEDY_SEARCH, GenerationLoopCommand, function_body, insert_after, insert_before
+from patcher.codemods.base import GenerationLoopCommand, function_body, insert_after, insert_before
 
 # `outputs = self(**model_inputs, ...)`, the one forward pass of each generation step.
 FORWARD_CALL = m.SimpleStatementLine(
@@ -15,7 +17,8 @@ FORWARD_CALL = m.SimpleStatementLine(
 
 
 class TimeForwardCallCommand(GenerationLoopCommand):
-    """Copy `before_forward` / `after_forward` around the forward call and `after_loop` after the loop.
+    """Copy `before_forward` / `after_forward` around the forward call and `after_loop` after the loop, in
+    each named method.
 
     Before::
 
@@ -46,19 +49,21 @@ class TimeForwardCallCommand(GenerationLoopCommand):
     The call must appear exactly once at the top level of the loop body.
     """
 
-    DESCRIPTION = "Time the forward call of each greedy_search step."
+    DESCRIPTION = "Time the forward call of each step of decoding methods."
 
-    def __init__(self, context: CodemodContext, snippet: cst.Module) -> None:
-        super().__init__(context)
+    def __init__(self, context: CodemodContext, snippet: cst.Module, methods: Sequence[str]) -> None:
+        super().__init__(context, methods)
         self.before = function_body(snippet, "before_forward")
         self.after = function_body(snippet, "after_forward")
         self.after_loop = function_body(snippet, "after_loop")
 
-    def edit_loop(self, body: list[cst.BaseStatement], index: int) -> list[cst.BaseStatement]:
+    def edit_loop(
+        self, where: str, method: str, body: list[cst.BaseStatement], index: int
+    ) -> list[cst.BaseStatement]:
         loop = body[index]
         steps = list(loop.body.body)
         calls = [i for i, statement in enumerate(steps) if m.matches(statement, FORWARD_CALL)]
-        self.require_once(f"`outputs = self(...)` at the top level of the loop in {GREEDY_SEARCH}", len(calls))
+        self.require_once(f"`outputs = self(...)` at the top level of the loop in {where}", len(calls))
         steps = insert_before(insert_after(steps, calls[0], self.after), calls[0], self.before)
         body[index] = loop.with_changes(body=loop.body.with_changes(body=steps))
         return insert_after(body, index, self.after_loop)

@@ -85,6 +85,20 @@ def _llama_graph_patch_compile(model, input_ids):
     return _LlamaGraphPatchRunner(model, state["compiled"][key], state, budget, strict)
 
 
+def _llama_graph_patch_runs_eager(model, method):
+    """At the start of a decoding method the patch does not compile: under EXE_MODE=dynamo, say that this
+    generate call runs eager. Never silently eager."""
+    import logging
+
+    if _llama_graph_patch_setting("EXE_MODE", "dynamo", ("dynamo", "eager")) == "dynamo":
+        logging.getLogger("llama_graph_patch").warning(
+            "llama-graph-patch: %s runs eager: the graph-mode patch compiles greedy search, sampling and the beam "
+            "searches, not %s (see the llama-graph-patch README)",
+            method,
+            method,
+        )
+
+
 def _llama_graph_patch_backend(graph_mode, device_type):
     """torch.compile's backend options for GRAPH_MODE on this device, and how to name them in logs."""
     import os

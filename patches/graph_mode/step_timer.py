@@ -10,24 +10,25 @@ checks per step and nothing else.
 # ---------------------------------------------------------------------------------------------------
 
 
-def _llama_graph_patch_step_timer(input_ids):
+def _llama_graph_patch_step_timer(input_ids, method):
     """A timer for every forward step when LLAMA_GRAPH_PATCH_TIMING names a file, else None."""
     import os
 
     path = os.environ.get("LLAMA_GRAPH_PATCH_TIMING")
     if not path:
         return None
-    return _LlamaGraphPatchStepTimer(path, input_ids.device, input_ids.shape[0])
+    return _LlamaGraphPatchStepTimer(path, input_ids.device, input_ids.shape[0], method)
 
 
 class _LlamaGraphPatchStepTimer(object):
     """Device-synchronized wall time of each forward step, written as JSON lines when generation ends."""
 
-    def __init__(self, path, device, batch_size):
+    def __init__(self, path, device, batch_size, method):
         import time
 
         self.path = path
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size)  # rows the model sees: batch x beams in the beam searches
+        self.method = method
         self.clock = time.perf_counter
         self.synchronize = _llama_graph_patch_synchronizer(device)
         self.started = 0.0
@@ -52,6 +53,7 @@ class _LlamaGraphPatchStepTimer(object):
         for step, (elapsed_ms, input_len) in enumerate(self.steps):
             record = {
                 "step": step,
+                "method": self.method,
                 "phase": "prefill" if step == 0 else "decode",
                 "ms": elapsed_ms,
                 "batch_size": self.batch_size,

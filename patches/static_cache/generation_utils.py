@@ -31,3 +31,16 @@ def _llama_graph_patch_static_cache(model, input_ids, stopping_criteria, model_k
     model_kwargs = dict(model_kwargs)
     model_kwargs["llama_graph_patch_cache"] = cache
     return model_kwargs
+
+
+def _llama_graph_patch_without_static_cache(model, method):
+    """At the start of a beam search: if the static cache would have served this call, say that it does not."""
+    import logging
+
+    enabled = _llama_graph_patch_setting("LLAMA_GRAPH_PATCH_STATIC_CACHE", "1", ("1", "0"))
+    if enabled == "1" and getattr(model, "llama_graph_patch_static_cache", None) is not None:
+        logging.getLogger("llama_graph_patch").warning(
+            "llama-graph-patch: no static KV cache for %s: beams reorder the cache every step; this call uses "
+            "transformers' growing cache",
+            method,
+        )

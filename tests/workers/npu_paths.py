@@ -73,7 +73,7 @@ def synchronize_calls(device_type):
     cuda_calls = []
     torch.cuda.synchronize = lambda device=None: cuda_calls.append(device)
     before = len(torch_npu.synchronize_calls)
-    timer = utils._LlamaGraphPatchStepTimer(os.devnull, SimpleNamespace(type=device_type), 1)
+    timer = utils._LlamaGraphPatchStepTimer(os.devnull, SimpleNamespace(type=device_type), 1, "sample")
     timer.start()
     timer.stop({"input_ids": torch.zeros(1, 3)})
     return {"npu": len(torch_npu.synchronize_calls) - before, "cuda": len(cuda_calls)}
@@ -96,7 +96,7 @@ def main():
         "reduce_overhead": compile_on_npu("reduce-overhead", "2.5.1"),
         "reduce_overhead_torch_2_1": compile_on_npu("reduce-overhead", "2.1.0+cpu"),
         "reduce_overhead_layers": compile_on_npu("reduce-overhead", "2.5.1", scope="layers"),
-        "timer_when_unset": utils._llama_graph_patch_step_timer(torch.zeros(1, 2)) is None,
+        "timer_when_unset": utils._llama_graph_patch_step_timer(torch.zeros(1, 2), "sample") is None,
         "synchronize": {kind: synchronize_calls(kind) for kind in ("npu", "cuda", "cpu")},
         "static_cache_write": static_cache_write_on_npu() if hasattr(modeling_llama, "llama_graph_patch_write_cache") else None,
     }

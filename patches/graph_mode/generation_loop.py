@@ -1,14 +1,16 @@
-"""Statements the graph-mode patch puts into GenerationMixin.greedy_search (transformers 4.31.0).
+"""Statements the graph-mode patch puts into GenerationMixin's decoding methods (greedy_search, sample and the
+beam searches of transformers 4.31.0).
 
-Each function names a place in greedy_search; the codemods copy its body there. The functions are
-containers only: their parameters list the greedy_search names the body uses.
+Each function names a place in the method; the codemods copy its body there. The functions are
+containers only: their parameters list the method's names the body uses, and `method_name`, which the
+codemods replace by the method's name as a string.
 """
 
 
-def before_loop(self, input_ids):
+def before_loop(self, input_ids, method_name):
     # llama-graph-patch: compile as EXE_MODE / GRAPH_MODE ask; time steps if LLAMA_GRAPH_PATCH_TIMING is set
     self = _llama_graph_patch_compile(self, input_ids)
-    _llama_graph_patch_timer = _llama_graph_patch_step_timer(input_ids)
+    _llama_graph_patch_timer = _llama_graph_patch_step_timer(input_ids, method_name)
 
 
 def before_forward(_llama_graph_patch_timer):

@@ -1,6 +1,6 @@
-"""Statements the static-cache patch puts into GenerationMixin.greedy_search (transformers 4.31.0).
+"""Statements the static-cache patch puts into GenerationMixin.greedy_search and sample (transformers 4.31.0).
 
-As in graph_mode/greedy_search.py, each function's body is copied to the place its name says.
+As in graph_mode/generation_loop.py, each function's body is copied to the place its name says.
 """
 
 
