@@ -28,7 +28,7 @@ def add_bench_parser(commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="run eager, max-autotune and reduce-overhead, each in its own process, and report them",
-        description="Benchmark greedy generation of a Llama in the guide's three modes, each in a fresh process, "
+        description="Benchmark generation of a Llama (greedy by default) in the guide's three modes, each in a fresh process, "
         "with the patched transformers' device-synchronized step timing. Prefill is the first step, decode "
         "the mean of the later steps; compile s is the first generate call's time beyond a steady-state one. "
         "Without --model-path it runs the embedded tiny Llama (random weights).",
@@ -163,6 +163,7 @@ def build_report(runs: list[runner.ModeRun], chosen: list[Mode], setup: Setup) -
         "interleaved": plan["interleave"],
         "cold": plan["cold"],
         "prompts": plan["prompts"],
+        "decoding": {**plan["decoding"], "seed": plan["seed"]},
         "static_cache": bool(static_sizes),
         "static_cache_mb": static_sizes[0] if static_sizes else None,
     }

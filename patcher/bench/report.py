@@ -60,6 +60,19 @@ def static_cache_label(report: dict) -> str:
     return f"{where}, {meta['static_cache_mb']:.1f} MB preallocated"
 
 
+def decoding_label(report: dict) -> str:
+    """greedy, sampling with its settings, or beams; with the seed where random numbers are drawn."""
+    decoding = dict(report["metadata"]["decoding"])
+    beams, sampling, seed = decoding.pop("num_beams"), decoding.pop("do_sample"), decoding.pop("seed")
+    parts = []
+    if beams > 1:
+        parts.append(f"{beams} beams")
+    if sampling:
+        settings = ", ".join(f"{name} {value}" for name, value in decoding.items())
+        parts.append(f"sampling ({settings}, seed {seed})" if settings else f"sampling (seed {seed})")
+    return " + ".join(parts) or "greedy"
+
+
 def console_table(report: dict) -> str:
     headers = [header for header, _, _ in COLUMNS]
     table = rows(report)
@@ -70,7 +83,7 @@ def console_table(report: dict) -> str:
     meta = report["metadata"]
     lines.append(
         f"{meta['model']} | {meta['device']} | {meta['dtype']} | batch {meta['batch_size']}, input {meta['input_len']}, "
-        f"new tokens {meta['max_new_tokens']} | static cache: {static_cache_label(report)}"
+        f"new tokens {meta['max_new_tokens']} | {decoding_label(report)} | static cache: {static_cache_label(report)}"
     )
     return "\n".join(lines)
 
@@ -85,12 +98,15 @@ def markdown(report: dict) -> str:
         f"- device: {meta['device']} (host CPU: {meta['host_cpu']})",
         f"- dtype {meta['dtype']}, batch {meta['batch_size']}, input {meta['input_len']} tokens (left-padded), "
         f"{meta['max_new_tokens']} new tokens, {meta['warmup_runs']} warm-up + {meta['runs']} measured run(s)",
+        f"- decoding: {decoding_label(report)}",
         f"- patches: {', '.join(meta['patches']) or 'none'}; static cache: {static_cache_label(report)}",
         f"- torch {meta['torch_version']}, transformers {meta['transformers_version']}, python {meta['python']}, "
         f"llama-graph-patch {meta['tool_version']}",
         f"- command: `{meta['command']}`",
         "",
-        "Prefill is the first step of a generate call, decode the mean of the later steps (device-synchronized).",
+        "Prefill is the first step of a generate call, decode the mean of the later steps (device-synchronized). "
+        "compile s: the first generate call's time beyond a steady-state call; cache: what the compile cache held "
+        "when the mode started.",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "---|" * len(headers),

@@ -32,6 +32,20 @@ def non_negative(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value}")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model (default: the embedded tiny Llama, random weights)")
     model.add_argument("--model-path", "--model_path", dest="model_path", help="a Llama checkpoint folder")
@@ -57,7 +71,23 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     work.add_argument("--input-len", type=positive, default=1024, help="prompts are left-padded to this (1024)")
     work.add_argument("--max-new-tokens", type=positive, default=1024, help="exactly this many per call (1024)")
     work.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: the guide's four)")
+    decoding = parser.add_argument_group("decoding (default: greedy, as in the guide)")
+    decoding.add_argument("--do-sample", action="store_true", help="sample instead of picking the likeliest token")
+    decoding.add_argument("--temperature", type=positive_float, help="sampling temperature (transformers' 1.0)")
+    decoding.add_argument("--top-k", type=positive, help="sample among the k likeliest tokens (transformers' 50)")
+    decoding.add_argument("--top-p", type=probability, help="sample within this probability mass (transformers' 1.0)")
+    decoding.add_argument("--seed", type=non_negative, default=0, help="torch.manual_seed before every generate call (0)")
+    decoding.add_argument("--num-beams", type=positive, default=1, help="beam search with this many beams (1: none)")
     return work
+
+
+def decoding_options(args: argparse.Namespace) -> dict:
+    """generate()'s decoding arguments from the flags; sampling settings without --do-sample are an error."""
+    sampling = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p") if getattr(args, name) is not None}
+    if sampling and not args.do_sample:
+        flags = ", ".join("--" + name.replace("_", "-") for name in sampling)
+        raise UsageError(f"{flags} only apply to sampling: add --do-sample")
+    return {"do_sample": args.do_sample, "num_beams": args.num_beams, **sampling}
 
 
 @dataclass(frozen=True)
@@ -111,6 +141,8 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
         "input_len": args.input_len,
         "max_new_tokens": args.max_new_tokens,
         "prompts": prompts,
+        "decoding": decoding_options(args),
+        "seed": args.seed,
         **plan,
     }
     return Setup(plan, name, "checkpoint" if args.model_path else "random", target, patches)

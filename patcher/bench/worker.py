@@ -85,21 +85,24 @@ def run(plan: dict, timing_path: str) -> dict:
     options = dict(
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,  # EOS cannot end a run early
-        do_sample=False,
-        num_beams=1,
         pad_token_id=tokenizer.pad_token_id,
-        streamer=TokenProgress(),
+        **plan["decoding"],
     )
+    if plan["decoding"]["num_beams"] == 1:  # generate() takes no streamer with beams
+        options["streamer"] = TokenProgress()
 
     os.environ.pop("LLAMA_GRAPH_PATCH_TIMING", None)
     call_s = []  # wall time of every generate call, warm-up ones first
     sequences = []
 
     def generate():
+        torch.manual_seed(plan["seed"])  # every mode, and every call, draws the same random numbers
         started = time.perf_counter()
         output = model.generate(**inputs, **options)
         synchronize(device, torch)
         call_s.append(time.perf_counter() - started)
+        if "streamer" not in options:  # the progress bar moves a whole call at a time
+            progress(event="tokens", count=new_tokens)
         return output
 
     with torch.no_grad():
@@ -139,9 +142,9 @@ def run(plan: dict, timing_path: str) -> dict:
         "cache": compile_cache_state(model),
         "peak_memory_mb": peak_memory_mb(device, torch),
         "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-        # keys and values of every layer, per token of the batch
+        # keys and values of every layer, per token of all rows (batch x beams)
         "kv_bytes_per_token": 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element
-        * plan["batch_size"],
+        * plan["batch_size"] * plan["decoding"]["num_beams"],
         "static_cache_mb": cache.nbytes / 2**20 if cache is not None else None,
         "peak_bandwidth_gbs": peak_bandwidth_gbs(device, torch),
     }
