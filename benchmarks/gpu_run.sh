@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The GPU checks of the project, as one prepared run on a lent GPU machine (Python 3.12, its own torch).
 #
-#   PARTS="tiny static growing" OUT=dir benchmarks/gpu_run.sh
+#   PARTS="tiny layers" OUT=dir benchmarks/gpu_run.sh
 #
 # Prints the summaries and writes each part's report into $OUT as soon as the part ends (a run cut off
 # by its time limit keeps what finished); the logs go into $OUT/gpu-logs.tar.gz after every part.
 #
 # tiny:    greedy tokens of a tiny random Llama on CUDA, unpatched vs eager / max-autotune /
-#          reduce-overhead, with the growing and the static KV cache.
-# static:  bench --preset llama2-7b ... --static-cache (all three modes)
-# growing: bench --preset llama2-7b ... (all three modes, transformers' own growing cache)
+#          reduce-overhead, with the growing and the static KV cache, model and layers scope.
+# layers:  bench --preset llama2-7b ...: the three modes with both caches in one bench, the compiled
+#          ones in the per-layer scope (one decoder layer compiled: minutes less than the whole model)
+# static:  bench --preset llama2-7b ... --static-cache (all three modes, model scope)
+# growing: bench --preset llama2-7b ... (all three modes, transformers' own growing cache, model scope)
 #
 # Needs, in $WHEELS (default .whl): transformers 4.31.0, huggingface_hub 0.36.2, libcst and this project.
 # transformers 4.31 refuses tokenizers >= 0.14, so the image's tokenizers is uninstalled first (the slow
@@ -20,7 +22,7 @@ PY=${PY:-python3}
 WHEELS=${WHEELS:-.whl}
 OUT=${OUT:-$PWD/gpu-out}
 WORK=${WORK:-/tmp/gpu-work}
-PARTS=${PARTS:-"tiny static growing"}
+PARTS=${PARTS:-"tiny layers"}
 DEVICE=${DEVICE:-cuda}
 BENCH=${BENCH:-"--preset llama2-7b --dtype float16 --batch-size 4 --input-len 1024 --max-new-tokens 256"}
 MODE_TIMEOUT=${MODE_TIMEOUT:-240}
@@ -46,23 +48,35 @@ for part in $PARTS; do
     log "tiny model on $DEVICE"
     common=(tests/workers/generate.py --kv-heads 2 --new-tokens 32 --device "$DEVICE")
     PYTHONPATH=$REFERENCE:$SITE "$PY" "${common[@]}" --modes reference > "$WORK/tiny-reference.json" 2> "$WORK/tiny-reference.log"
-    LLAMA_GRAPH_PATCH_STATIC_CACHE=0 "$PY" "${common[@]}" --timing-dir "$WORK" > "$WORK/tiny-growing.json" 2> "$WORK/tiny-growing.log"
-    LLAMA_GRAPH_PATCH_STATIC_CACHE=1 "$PY" "${common[@]}" --forbid-recompiles > "$WORK/tiny-static.json" 2> "$WORK/tiny-static.log"
+    for scope in model layers; do
+      LLAMA_GRAPH_PATCH_COMPILE_SCOPE=$scope LLAMA_GRAPH_PATCH_STATIC_CACHE=0 "$PY" "${common[@]}" \
+        > "$WORK/tiny-growing-$scope.json" 2> "$WORK/tiny-growing-$scope.log"
+      LLAMA_GRAPH_PATCH_COMPILE_SCOPE=$scope LLAMA_GRAPH_PATCH_STATIC_CACHE=1 "$PY" "${common[@]}" --forbid-recompiles \
+        > "$WORK/tiny-static-$scope.json" 2> "$WORK/tiny-static-$scope.log"
+    done
     "$PY" - "$WORK" <<'EOF' | tee "$OUT/tiny-summary.txt"
 import json, sys
 out = sys.argv[1]
-reference = json.load(open(f"{out}/tiny-reference.json"))["reference"]["tokens"]
-for cache in ("growing", "static"):
+tokens = lambda run: [call["tokens"] for call in run["calls"]]
+reference = tokens(json.load(open(f"{out}/tiny-reference.json"))["reference"])
+for name in ("growing-model", "static-model", "growing-layers", "static-layers"):
     try:
-        results = json.load(open(f"{out}/tiny-{cache}.json"))
+        results = json.load(open(f"{out}/tiny-{name}.json"))
     except (OSError, ValueError) as error:
-        print(f"{cache} cache: no result ({error}); see tiny-{cache}.log")
+        print(f"{name}: no result ({error}); see tiny-{name}.log")
         continue
     for mode, run in results.items():
-        same = run["tokens"] == reference and run["second_call_tokens"] == reference
-        print(f"{cache} cache, {mode}: tokens identical to unpatched transformers: {same}; "
-              f"graphs after each step: {sorted(set(run['graphs_per_step']))}; static cache: {run['static_cache']}")
+        graphs = [call["graphs_per_step"][-1] for call in run["calls"]]
+        print(f"{name}, {mode}: tokens identical to unpatched transformers: {tokens(run) == reference}; "
+              f"graphs after each call: {graphs}; static cache: {run['static_cache']}")
 EOF
+    ;;
+  layers)
+    log "bench, both caches, per-layer scope"
+    modes=eager,reduce-overhead@layers,max-autotune@layers,eager+static,reduce-overhead+static@layers,max-autotune+static@layers
+    "$PY" -m patcher bench $BENCH --modes "$modes" --runs 2 --mode-timeout "$MODE_TIMEOUT" \
+      --output-json "$OUT/bench-layers.json" --output-md "$OUT/bench-layers.md" 2> "$WORK/bench-layers.log"
+    log "bench layers exit code $?"
     ;;
   static | growing)
     flag=""
