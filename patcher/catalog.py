@@ -6,6 +6,7 @@ import importlib
 from dataclasses import dataclass
 
 from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 
 @dataclass(frozen=True)
@@ -13,17 +14,33 @@ class Edit:
     file: str  # path inside site-packages, e.g. transformers/generation/utils.py
     codemod: str  # a key of patcher.codemods.COMMANDS
     snippet: str  # a file inside patches/
-    methods: tuple[str, ...] = ()  # the GenerationMixin methods a generation codemod edits
+    methods: str = ""  # for a generation codemod: which of the patch's decoding methods, e.g. "compiled"
 
 
 @dataclass(frozen=True)
 class Patch:
     name: str
     summary: str
-    supported: SpecifierSet  # transformers versions the snippets were written against
+    releases: tuple[str, ...]  # the transformers releases the patch is verified on, one by one
     requires: tuple[str, ...]
-    methods: dict[str, tuple[str, ...]]  # what the patch does with generate()'s decoding methods, by kind
+    # where ranges of releases keep the decoding methods the patch edits, by what it does with them
+    methods: tuple[tuple[SpecifierSet, dict[str, tuple[str, ...]]], ...]
     edits: tuple[Edit, ...]
+
+    def verified_on(self, version: str) -> bool:
+        return version in self.releases
+
+    def method_layouts(self, version: str) -> list[dict[str, tuple[str, ...]]]:
+        """The decoding methods of `version` for each kind of edit: the one layout whose range holds it, or,
+        for a release outside every range, each layout to try, the newest first."""
+        try:
+            parsed = Version(version)
+        except InvalidVersion:
+            parsed = None
+        for specifier, layout in self.methods:
+            if parsed is not None and parsed in specifier:
+                return [layout]
+        return [layout for _, layout in reversed(self.methods)]
 
 
 def load_catalog() -> dict[str, Patch]:
@@ -33,9 +50,9 @@ def load_catalog() -> dict[str, Patch]:
         entry["name"]: Patch(
             name=entry["name"],
             summary=entry["summary"],
-            supported=SpecifierSet(entry["transformers"]),
+            releases=tuple(entry["releases"]),
             requires=tuple(entry["requires"]),
-            methods=dict(entry["methods"]),
+            methods=tuple((SpecifierSet(specifier), dict(layout)) for specifier, layout in entry["methods"]),
             edits=tuple(Edit(*edit) for edit in entry["edits"]),
         )
         for entry in entries

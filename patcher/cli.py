@@ -30,7 +30,7 @@ EXIT_CODES = """exit codes:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llama-graph-patch",
-        description="Patch transformers 4.31.0 so that Llama generation runs in PyTorch graph mode "
+        description="Patch transformers (4.28 to 4.41) so that Llama generation runs in PyTorch graph mode "
         "(torchair on Ascend NPUs, inductor elsewhere), benchmark it, and revert it byte for byte.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,13 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
         "apply",
         parents=[target, locking],
         help="patch transformers (no-op if already patched)",
-        description="Patch generation/utils.py (graph mode and step timing); with --static-cache also "
-        "modeling_llama.py. Running it again is a no-op; running it with the other patch set switches.",
+        description="Patch generation/utils.py (graph mode and step timing in the decoding methods); with "
+        "--static-cache also modeling_llama.py (transformers 4.31.0 only). Running it again is a no-op; running it "
+        "with the other patch set switches.",
     )
     apply.add_argument(
         "--static-cache", action="store_true", help="also give Llama a fixed-size KV cache (static-cache patch)"
     )
     apply.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    apply.add_argument(
+        "--allow-untested",
+        action="store_true",
+        help="apply to a transformers release the patches are not verified on, if every place they edit is found "
+        "exactly once (status then says tested: false)",
+    )
     apply.set_defaults(run=run_apply)
 
     revert = commands.add_parser(
@@ -82,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "diff", parents=[target], help="print the unified diff that apply makes (or made)"
     )
     diff.add_argument("--static-cache", action="store_true", help="show the diff of apply --static-cache")
+    diff.add_argument("--allow-untested", action="store_true", help="show it for a release the patches are not verified on")
     diff.set_defaults(run=run_diff)
 
     from patcher.bench.command import add_bench_parser
@@ -94,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_apply(args: argparse.Namespace) -> int:
     target = find_target(args.python, args.site_packages)
-    print(installer.apply(target, patch_names(args.static_cache), args.dry_run, args.lock_timeout).message)
+    outcome = installer.apply(target, patch_names(args.static_cache), args.dry_run, args.lock_timeout, args.allow_untested)
+    if outcome.warning:
+        print(f"llama-graph-patch: warning: {outcome.warning}", file=sys.stderr)
+    print(outcome.message)
     return 0
 
 
@@ -121,6 +132,8 @@ def run_status(args: argparse.Namespace) -> int:
         f"{name} {report[name + '_version'] or '-'}" for name in ("transformers", "torch", "torch_npu", "torchair")
     )
     print(f"versions: {versions}{'' if report['supported'] else ' (transformers version not supported)'}")
+    if report["tested"] is False:
+        print(f"tested: false (applied with --allow-untested to transformers {report['transformers_version']})")
     if status.detail:
         print(f"detail: {status.detail}")
     cache = report["cache"]
@@ -130,7 +143,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    sys.stdout.write(installer.diff(find_target(args.python, args.site_packages), patch_names(args.static_cache)))
+    target = find_target(args.python, args.site_packages)
+    sys.stdout.write(installer.diff(target, patch_names(args.static_cache), args.allow_untested))
     return 0
 
 

@@ -13,7 +13,7 @@ from patcher.cache import cache_root, compile_folder, usage
 from patcher.catalog import Patch, files_of, load_catalog, resolve
 from patcher.errors import ModifiedSinceApply, UnexpectedCode
 from patcher.locate import Target
-from patcher.policy import check_supported, unsupported_reason
+from patcher.policy import check_supported, unsupported_reason, untested, untested_warning
 from patcher.transaction import FileRecord, Record, State, sha256
 from patcher.transform import patch_files
 
@@ -28,6 +28,19 @@ class Status:
     patches: list[str] = field(default_factory=list)  # applied patches, from the record
     files: list[dict] = field(default_factory=list)  # per file: file, state, patches
     detail: str = ""  # why the state is `modified`, and what to do
+    record: Record | None = None
+
+    def methods(self) -> dict[str, dict[str, list[str]]]:
+        """Per patch, what it does with which decoding method: as applied, or as apply would on this release."""
+        if self.record and self.record.methods:
+            return self.record.methods
+        names = self.patches or ["graph-mode"]
+        version = self.target.transformers_version
+        return {
+            patch.name: {kind: list(methods) for kind, methods in patch.method_layouts(version)[0].items()}
+            for patch in resolve(names)
+            if patch.verified_on(version)
+        }
 
     def as_json(self) -> dict:
         versions = self.target.companions
@@ -41,11 +54,12 @@ class Status:
             "python": self.target.python,
             "transformers_version": self.target.transformers_version,
             "supported": unsupported_reason(self.target, resolve(["graph-mode"])) is None,
+            "tested": self.record.tested if self.record else None,
             "torch_version": versions.get("torch"),
             "torch_npu_version": versions.get("torch_npu"),
             "torchair_version": versions.get("torchair"),
             "tool_version": __version__,
-            "methods": {patch.name: {kind: list(names) for kind, names in patch.methods.items()} for patch in resolve(self.patches)},
+            "methods": self.methods(),
             "cache": cache_report(),
         }
 
@@ -54,6 +68,7 @@ class Status:
 class Outcome:
     message: str  # one line for the console
     changed: bool
+    warning: str | None = None  # one line for stderr: applied to a release the patches are not verified on
 
 
 def cache_report() -> dict:
@@ -117,12 +132,13 @@ def inspect(target: Target, state: State | None = None) -> Status:
         patches = [patch.name for patch in resolve(record.patches) if name in files_of([patch])]
         files.append({"file": name, "state": file_state, "patches": patches})
     if not problems:
-        return Status("patched", target, record.patches, files)
+        return Status("patched", target, record.patches, files, record=record)
     return Status(
         "modified",
         target,
         record.patches,
         files,
+        record=record,
         detail=(
             f"{'; '.join(problems)} since llama-graph-patch applied {'+'.join(record.patches)} to transformers "
             f"{record.transformers_version}. Nothing was touched. `llama-graph-patch revert --force` puts the "
@@ -131,10 +147,14 @@ def inspect(target: Target, state: State | None = None) -> Status:
     )
 
 
-def apply(target: Target, names: list[str], dry_run: bool = False, lock_timeout: float = 60) -> Outcome:
-    """Make the target carry exactly `names` (plus what they require): patch, switch, or do nothing."""
+def apply(
+    target: Target, names: list[str], dry_run: bool = False, lock_timeout: float = 60, allow_untested: bool = False
+) -> Outcome:
+    """Make the target carry exactly `names` (plus what they require): patch, switch, or do nothing.
+    A release the patches are not verified on is refused (exit 3) unless `allow_untested`."""
     patches = resolve(names)
-    check_supported(target, patches)
+    tested = check_supported(target, patches, allow_untested)
+    warning = None if tested else untested_warning(target, patches)
     wanted = [patch.name for patch in patches]
     state = State(target.site_packages)
     with state.locked(lock_timeout):
@@ -144,7 +164,7 @@ def apply(target: Target, names: list[str], dry_run: bool = False, lock_timeout:
             raise ModifiedSinceApply(status.detail)
         record = state.record()
         if record and record.patches == wanted:
-            return Outcome(f"already applied: {describe(target, wanted)}", changed=False)
+            return Outcome(f"already applied: {describe(target, wanted)}", changed=False, warning=warning)
         if record:  # switching from other patches: start again from the kept originals
             originals = {name: state.original(name, record) for name in record.files}
         else:
@@ -152,20 +172,23 @@ def apply(target: Target, names: list[str], dry_run: bool = False, lock_timeout:
         for name in files_of(patches):
             if name not in originals:
                 originals[name] = target.path(name).read_bytes()
-        contents = patched(target, originals, patches)
+        contents, methods = patched(target, originals, patches)
         edited = files_of(patches)
         new_record = Record(
             patches=wanted,
             transformers_version=target.transformers_version,
             tool_version=__version__,
             files={name: FileRecord(sha256(originals[name]), sha256(contents[name])) for name in edited},
+            tested=tested,
+            methods={patch: {kind: list(names) for kind, names in layout.items()} for patch, layout in methods.items()},
         )
         verb = f"switched from {'+'.join(record.patches)} to" if record else "patched"
         if dry_run:
-            return Outcome(f"would have {verb}: {describe(target, wanted)} ({changes(originals, contents)})", False)
+            message = f"would have {verb}: {describe(target, wanted)} ({changes(originals, contents)})"
+            return Outcome(message, False, warning)
         keep = {name: data for name, data in originals.items() if not (record and name in record.files)}
         state.commit(contents, new_record, keep)
-        return Outcome(f"{verb}: {describe(target, wanted)} ({changes(originals, contents)})", changed=True)
+        return Outcome(f"{verb}: {describe(target, wanted)} ({changes(originals, contents)})", True, warning)
 
 
 def revert(target: Target, force: bool = False, dry_run: bool = False, lock_timeout: float = 60) -> Outcome:
@@ -202,7 +225,7 @@ def revert(target: Target, force: bool = False, dry_run: bool = False, lock_time
         )
 
 
-def diff(target: Target, names: list[str]) -> str:
+def diff(target: Target, names: list[str], allow_untested: bool = False) -> str:
     """The unified diff apply makes (unpatched target) or made (patched target)."""
     state = State(target.site_packages)
     status = inspect(target, state)
@@ -214,9 +237,9 @@ def diff(target: Target, names: list[str]) -> str:
         after = {name: target.path(name).read_bytes() for name in record.files}
     else:
         patches = resolve(names)
-        check_supported(target, patches)
+        check_supported(target, patches, allow_untested)
         before = {name: target.path(name).read_bytes() for name in files_of(patches)}
-        after = patched(target, before, patches)
+        after = patched(target, before, patches)[0]
     return "".join(
         "".join(
             difflib.unified_diff(
@@ -230,16 +253,21 @@ def diff(target: Target, names: list[str]) -> str:
     )
 
 
-def patched(target: Target, originals: dict[str, bytes], patches: list[Patch]) -> dict[str, bytes]:
-    """The patched bytes; a refusal names the transformers found and how to get the expected code back."""
+def patched(target: Target, originals: dict[str, bytes], patches: list[Patch]) -> tuple[dict[str, bytes], dict]:
+    """The patched bytes and the decoding methods each patch edited; a refusal names the transformers found
+    and how to get the expected code back."""
+    version = target.transformers_version
     try:
-        return patch_files(originals, patches, target.site_packages)
+        return patch_files(originals, patches, version, target.site_packages)
     except UnexpectedCode as error:
-        version = target.transformers_version
-        raise UnexpectedCode(
-            f"{error} (transformers {version}, which the patches support, but its code differs: reinstall it "
-            f"unmodified with pip install --force-reinstall --no-deps transformers=={version})"
-        ) from None
+        if untested(target, patches):
+            fix = "the patches are not verified on this release, and its code is not in a shape they know"
+        else:
+            fix = (
+                "a release the patches are verified on, but its code differs: reinstall it unmodified with pip "
+                f"install --force-reinstall --no-deps transformers=={version}"
+            )
+        raise UnexpectedCode(f"{error} (transformers {version}, {fix})") from None
 
 
 def describe(target: Target, patches: list[str]) -> str:

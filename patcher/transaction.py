@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -54,6 +54,8 @@ class Record:
     transformers_version: str
     tool_version: str
     files: dict[str, FileRecord]  # path inside site-packages -> hashes
+    tested: bool = True  # False: applied with --allow-untested to a release the patches are not verified on
+    methods: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # per patch, the decoding methods edited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -62,7 +64,10 @@ class Record:
     def from_json(cls, text: str) -> Record:
         data = json.loads(text)
         files = {name: FileRecord(**hashes) for name, hashes in data["files"].items()}
-        return cls(data["patches"], data["transformers_version"], data["tool_version"], files)
+        return cls(
+            data["patches"], data["transformers_version"], data["tool_version"], files, data.get("tested", True),
+            data.get("methods", {}),
+        )
 
 
 class State:

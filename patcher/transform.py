@@ -8,42 +8,76 @@ from pathlib import Path
 import libcst as cst
 from libcst.codemod import CodemodContext
 
-from patcher.catalog import Patch, files_of
+from patcher.catalog import Edit, Patch, files_of
 from patcher.codemods import COMMANDS
 from patcher.codemods.base import load_snippet
 from patcher.errors import UnexpectedCode
 
 
-def patch_file(relative: str, original: bytes, patches: list[Patch], shown_as: str | None = None) -> bytes:
-    """Apply every edit the patches make to file `relative` (a path inside site-packages).
+Methods = dict[str, tuple[str, ...]]  # decoding methods by kind of edit, as in patches/
 
-    `shown_as` names the file in error messages (its full path); nothing of it enters the output.
+
+def patch_file(relative: str, original: bytes, patches: list[Patch], version: str, shown_as: str | None = None) -> bytes:
+    """Apply every edit the patches make to file `relative` (a path inside site-packages) of transformers
+    `version`, which says where the decoding methods are. `shown_as` names the file in error messages (its
+    full path); nothing of it enters the output."""
+    return patch_file_and_methods(relative, original, patches, version, shown_as)[0]
+
+
+def patch_file_and_methods(
+    relative: str, original: bytes, patches: list[Patch], version: str, shown_as: str | None = None
+) -> tuple[bytes, dict[str, Methods]]:
+    """patch_file, and the decoding methods each patch edited.
+
+    A release outside the patch's verified ranges is tried against each known layout of the methods, the
+    newest first; the first layout whose every place is found exactly once wins, else the newest layout's
+    refusal is raised.
     """
     shown_as = shown_as or relative
     try:
         tree = cst.parse_module(original)
     except cst.ParserSyntaxError as error:
         raise UnexpectedCode(f"{shown_as} is not valid Python ({error.message}, line {error.raw_line})") from None
+    chosen = {}
     for patch in patches:
-        for edit in patch.edits:
-            if edit.file == relative:
-                parameters = (edit.methods,) if edit.methods else ()
-                command = COMMANDS[edit.codemod](CodemodContext(filename=shown_as), load_snippet(edit.snippet), *parameters)
-                # transform_module would first deep-copy the tree for metadata, which these codemods
-                # do not use: 1.4 s per codemod on generation/utils.py.
-                tree = command.transform_module_impl(tree)
-    return tree.bytes
+        edits = [edit for edit in patch.edits if edit.file == relative]
+        refusals = []
+        for methods in patch.method_layouts(version):
+            try:
+                tree = apply_edits(tree, edits, methods, shown_as)
+                chosen[patch.name] = methods
+                break
+            except UnexpectedCode as refusal:
+                refusals.append(refusal)
+        else:
+            raise refusals[0]
+    return tree.bytes, chosen
 
 
-def patch_files(originals: dict[str, bytes], patches: list[Patch], site: Path | None = None) -> dict[str, bytes]:
-    """Patched bytes for every file in `originals`; files the patches do not edit come back unchanged.
+def apply_edits(tree: cst.Module, edits: list[Edit], methods: Methods, shown_as: str) -> cst.Module:
+    for edit in edits:
+        parameters = (methods[edit.methods],) if edit.methods else ()
+        command = COMMANDS[edit.codemod](CodemodContext(filename=shown_as), load_snippet(edit.snippet), *parameters)
+        # transform_module would first deep-copy the tree for metadata, which these codemods do not use:
+        # 1.4 s per codemod on generation/utils.py.
+        tree = command.transform_module_impl(tree)
+    return tree
 
-    `site`, the site-packages the files come from, only names them in error messages.
-    """
+
+def patch_files(
+    originals: dict[str, bytes], patches: list[Patch], version: str, site: Path | None = None
+) -> tuple[dict[str, bytes], dict[str, Methods]]:
+    """Patched bytes for every file in `originals` (files the patches do not edit come back unchanged),
+    and the decoding methods each patch edited. `site`, the site-packages the files come from, only names
+    them in error messages."""
     edited = set(files_of(patches))
-    return {
-        relative: patch_file(relative, source, patches, str(site / relative) if site else None)
-        if relative in edited
-        else source
-        for relative, source in originals.items()
-    }
+    contents, methods = {}, {}
+    for relative, source in originals.items():
+        if relative not in edited:
+            contents[relative] = source
+            continue
+        shown_as = str(site / relative) if site else None
+        contents[relative], chosen = patch_file_and_methods(relative, source, patches, version, shown_as)
+        for name, layout in chosen.items():
+            methods[name] = {**methods.get(name, {}), **{kind: names for kind, names in layout.items()}}
+    return contents, methods

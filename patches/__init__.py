@@ -1,7 +1,8 @@
 """The patches llama-graph-patch applies, as data.
 
-Each patch names the transformers versions it was written for and its edits. An edit is
-(file inside site-packages, codemod, snippet file in this folder[, decoding methods it edits]). Snippet
+Each patch names the transformers releases it is verified on, where those releases keep the decoding
+methods it edits, and its edits. An edit is (file inside site-packages, codemod, snippet file in this
+folder[, which decoding methods it edits: a key of the patch's "methods"]). Snippet
 files are real Python that the codemods parse with libcst and copy from; nothing here is imported into
 transformers, and nothing in a snippet imports this tool, so a patched transformers keeps working after
 the tool is uninstalled.
@@ -12,24 +13,52 @@ switches on when modeling_llama.py offers `llama_graph_patch_static_cache`, and 
 modeling_llama.py only runs for caches that generation/utils.py creates.
 """
 
-# generate()'s decoding methods in transformers 4.31.0. These run one forward pass per step at the top level
-# of one `while True:` loop: they get the compile block and the timing points.
-COMPILED_METHODS = (
-    "greedy_search",
-    "sample",
-    "beam_search",
-    "beam_sample",
-    "group_beam_search",
-    "constrained_beam_search",
+# Every transformers release the graph-mode patch is verified on, one by one (tests/test_releases.py):
+# all patch releases from 4.28.0 through 4.41.2.
+GRAPH_MODE_RELEASES = (
+    "4.28.0", "4.28.1", "4.29.0", "4.29.1", "4.29.2", "4.30.0", "4.30.1", "4.30.2", "4.31.0", "4.32.0", "4.32.1",
+    "4.33.0", "4.33.1", "4.33.2", "4.33.3", "4.34.0", "4.34.1", "4.35.0", "4.35.1", "4.35.2", "4.36.0", "4.36.1",
+    "4.36.2", "4.37.0", "4.37.1", "4.37.2", "4.38.0", "4.38.1", "4.38.2", "4.39.0", "4.39.1", "4.39.2", "4.39.3",
+    "4.40.0", "4.40.1", "4.40.2", "4.41.0", "4.41.1", "4.41.2",
 )
-# These do not: contrastive_search runs a second forward pass for the prompt inside its loop, and
-# assisted_decoding runs an assistant model with candidate lengths that change every step. Under
-# EXE_MODE=dynamo they run eager and say so.
-EAGER_METHODS = ("contrastive_search", "assisted_decoding")
-# The static KV cache serves methods whose rows keep their places; beam searches reorder the cache every
-# step, so they keep transformers' growing cache and say so.
-STATIC_CACHE_METHODS = ("greedy_search", "sample")
-GROWING_CACHE_METHODS = ("beam_search", "beam_sample", "group_beam_search", "constrained_beam_search")
+
+# Where generate()'s decoding methods live, per range of releases, by what the patches do with them:
+# - compiled: one generation loop at the top level of the method (`while True:`, from 4.39
+#   `while self._has_unfinished_sequences(...)`), with one top-level statement in it that runs the forward
+#   pass (`outputs = self(...)`; from 4.38 beam search's sits in an if/else for its low_memory option). They
+#   get the compile block and the timing points.
+# - eager: contrastive_search runs a second forward pass for the prompt inside its loop, and
+#   assisted_decoding (from 4.29) an assistant model with candidate lengths that change every step. Under
+#   EXE_MODE=dynamo they run eager and say so.
+# From 4.39 the methods are private (the public names forward to them); in 4.41 greedy search runs in
+# _sample and beam sampling in _beam_search.
+DECODING_METHODS = (
+    (">=4.28,<4.29", {
+        "compiled": ("greedy_search", "sample", "beam_search", "beam_sample", "group_beam_search", "constrained_beam_search"),
+        "eager": ("contrastive_search",),
+    }),
+    (">=4.29,<4.39", {
+        "compiled": ("greedy_search", "sample", "beam_search", "beam_sample", "group_beam_search", "constrained_beam_search"),
+        "eager": ("contrastive_search", "assisted_decoding"),
+    }),
+    (">=4.39,<4.41", {
+        "compiled": ("_greedy_search", "_sample", "_beam_search", "_beam_sample", "_group_beam_search", "_constrained_beam_search"),
+        "eager": ("_contrastive_search", "_assisted_decoding"),
+    }),
+    (">=4.41,<4.42", {
+        "compiled": ("_sample", "_beam_search", "_group_beam_search", "_constrained_beam_search"),
+        "eager": ("_contrastive_search", "_assisted_decoding"),
+    }),
+)
+# The static KV cache is written for transformers 4.31.0's Llama (from 4.36 Llama's cache is a Cache object;
+# from 4.38 transformers has a static cache of its own). It serves methods whose rows keep their places;
+# beam searches reorder the cache every step, so they keep transformers' growing cache and say so.
+STATIC_CACHE_METHODS = (
+    ("==4.31.0", {
+        "static": ("greedy_search", "sample"),
+        "growing": ("beam_search", "beam_sample", "group_beam_search", "constrained_beam_search"),
+    }),
+)
 
 UTILS = "transformers/generation/utils.py"
 MODELING = "transformers/models/llama/modeling_llama.py"
@@ -38,31 +67,31 @@ PATCHES = (
     {
         "name": "graph-mode",
         "summary": "the decoding methods compile the model (EXE_MODE, GRAPH_MODE) and can time every forward step",
-        "transformers": "==4.31.0",
+        "releases": GRAPH_MODE_RELEASES,
         "requires": (),
-        "methods": {"compiled": COMPILED_METHODS, "eager, with a warning": EAGER_METHODS},
+        "methods": DECODING_METHODS,
         "edits": (
             (UTILS, "append-definitions", "graph_mode/runtime.py"),
             (UTILS, "append-definitions", "graph_mode/compile_cache.py"),
             (UTILS, "append-definitions", "graph_mode/step_timer.py"),
-            (UTILS, "insert-before-generation-loop", "graph_mode/generation_loop.py", COMPILED_METHODS),
-            (UTILS, "time-forward-call", "graph_mode/generation_loop.py", COMPILED_METHODS),
-            (UTILS, "insert-at-method-start", "graph_mode/eager_methods.py", EAGER_METHODS),
+            (UTILS, "insert-before-generation-loop", "graph_mode/generation_loop.py", "compiled"),
+            (UTILS, "time-forward-call", "graph_mode/generation_loop.py", "compiled"),
+            (UTILS, "insert-at-method-start", "graph_mode/eager_methods.py", "eager"),
         ),
     },
     {
         "name": "static-cache",
         "summary": "Llama keeps its KV cache in fixed-size tensors written in place, so decode steps keep one shape",
-        "transformers": "==4.31.0",
+        "releases": ("4.31.0",),
         "requires": ("graph-mode",),
-        "methods": {"static cache": STATIC_CACHE_METHODS, "growing cache, with a warning": GROWING_CACHE_METHODS},
+        "methods": STATIC_CACHE_METHODS,
         "edits": (
             (MODELING, "append-definitions", "static_cache/modeling_llama_runtime.py"),
             (MODELING, "prepend-to-methods", "static_cache/modeling_llama.py"),
             (MODELING, "add-methods", "static_cache/modeling_llama.py"),
             (UTILS, "append-definitions", "static_cache/generation_utils.py"),
-            (UTILS, "insert-before-generation-loop", "static_cache/generation_loop.py", STATIC_CACHE_METHODS),
-            (UTILS, "insert-at-method-start", "static_cache/beam_methods.py", GROWING_CACHE_METHODS),
+            (UTILS, "insert-before-generation-loop", "static_cache/generation_loop.py", "static"),
+            (UTILS, "insert-at-method-start", "static_cache/beam_methods.py", "growing"),
         ),
     },
 )

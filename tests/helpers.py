@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
 import glob
 import json
 import os
@@ -55,9 +57,10 @@ def python_path(*entries: Path) -> dict:
     return {"PYTHONPATH": os.pathsep.join(str(entry) for entry in entries)}
 
 
-def run_python(arguments: list, site: Path, *first_on_path: Path, env: dict | None = None):
-    """A child interpreter that imports the transformers in `site` and cannot import this tool."""
-    path = [*first_on_path, POISON, site]
+def run_python(arguments: list, site: Path, *first_on_path: Path, env: dict | None = None, then: tuple = ()):
+    """A child interpreter that imports the transformers in `site` and cannot import this tool; `then`:
+    folders to import from after `site` (a release's own tokenizers, say)."""
+    path = [*first_on_path, POISON, site, *then]
     inherited = {name: value for name, value in os.environ.items() if name != "LLAMA_GRAPH_PATCH_TIMING"}
     child_env = {**inherited, **python_path(*path), **(env or {})}
     return subprocess.run(
@@ -65,9 +68,9 @@ def run_python(arguments: list, site: Path, *first_on_path: Path, env: dict | No
     )
 
 
-def generate(site: Path, *arguments, env: dict | None = None) -> tuple[dict, str]:
+def generate(site: Path, *arguments, env: dict | None = None, then: tuple = ()) -> tuple[dict, str]:
     """tests/workers/generate.py in a child interpreter: its JSON report and its log."""
-    result = run_python([WORKERS / "generate.py", *arguments], site, env=env)
+    result = run_python([WORKERS / "generate.py", *arguments], site, env=env, then=then)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout), result.stderr
 
@@ -99,3 +102,48 @@ def check_two_graphs(calls: list) -> None:
     assert first == [1] + [2] * (len(first) - 1), first
     for later in calls[1:]:
         assert set(later["graphs_per_step"]) == {2}, later["graphs_per_step"]
+
+
+def only_insertions(original: bytes, patched: bytes) -> bool:
+    """Whether `patched` is `original` with lines added and none changed or removed."""
+    matcher = difflib.SequenceMatcher(a=original.splitlines(), b=patched.splitlines(), autojunk=False)
+    return {operation for operation, *_ in matcher.get_opcodes()} <= {"equal", "insert"}
+
+
+def changed_methods(original: bytes, patched: bytes) -> tuple[set[str], list[str]]:
+    """The GenerationMixin methods whose code the patch changed, and the names it appended to the module;
+    asserts that nothing else changed."""
+    before, after = ast.parse(original), ast.parse(patched)
+    appended = after.body[len(before.body) :]
+    changed = set()
+    for old, new in zip(before.body, after.body):
+        if isinstance(old, ast.ClassDef) and old.name == "GenerationMixin":
+            old_members = {getattr(node, "name", index): ast.dump(node) for index, node in enumerate(old.body)}
+            new_members = {getattr(node, "name", index): ast.dump(node) for index, node in enumerate(new.body)}
+            assert old_members.keys() == new_members.keys(), "GenerationMixin gained or lost members"
+            changed = {name for name in old_members if old_members[name] != new_members[name]}
+        else:
+            assert ast.dump(old) == ast.dump(new), f"line {old.lineno} changed"
+    return changed, [node.name for node in appended if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+
+
+def decoding_calls(source: bytes) -> dict[str, set[str]]:
+    """The decoding methods GenerationMixin.generate hands the loop to (its calls self.<...search, ...sample,
+    ...decoding>()), each with the methods of self it calls in turn (a deprecated public name forwards to
+    the private one)."""
+    tree = ast.parse(source)
+    mixin = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "GenerationMixin")
+    methods = {node.name: node for node in mixin.body if isinstance(node, ast.FunctionDef)}
+
+    def calls(function: ast.FunctionDef) -> set[str]:
+        return {
+            node.func.attr
+            for node in ast.walk(function)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "self"
+        }
+
+    decoding = {name for name in calls(methods["generate"]) if name.endswith(("_search", "sample", "_decoding"))}
+    return {name: calls(methods[name]) for name in decoding}

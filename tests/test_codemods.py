@@ -249,13 +249,40 @@ class TestTimeForwardCall(CodemodTest):
         """
         self.assertCodemod(GREEDY_SEARCH, after, GREEDY_SNIPPET, ["greedy_search"])
 
+    def test_times_the_if_else_that_holds_the_call(self) -> None:
+        """transformers 4.38+ beam search: one call, or calls on sub-batches (low_memory)."""
+        before = """
+        class GenerationMixin:
+            def _beam_search(self, input_ids):
+                while self._has_unfinished_sequences(this_peer_finished, synced_gpus):
+                    if sequential:
+                        outputs = stack([self(batch) for batch in split(input_ids)])
+                    else:  # unchanged
+                        outputs = self(input_ids)
+                    step()
+        """
+        after = """
+        class GenerationMixin:
+            def _beam_search(self, input_ids):
+                while self._has_unfinished_sequences(this_peer_finished, synced_gpus):
+                    timer.start()
+                    if sequential:
+                        outputs = stack([self(batch) for batch in split(input_ids)])
+                    else:  # unchanged
+                        outputs = self(input_ids)
+                    timer.stop(model_inputs)
+                    step()
+                timer.write()
+        """
+        self.assertCodemod(before, after, GREEDY_SNIPPET, ["_beam_search"])
+
     def test_refuses_when_the_call_is_missing(self) -> None:
         before = """
         class GenerationMixin:
             def greedy_search(self, input_ids):
                 while True:
-                    if input_ids:
-                        outputs = self(input_ids)
+                    for batch in input_ids:
+                        outputs = self(batch)
                     result = self(input_ids)
         """
         with self.assertRaisesRegex(UnexpectedCode, r"`outputs = self\(...\)` .* not found"):

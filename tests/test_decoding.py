@@ -48,6 +48,7 @@ def test_every_strategy_gives_the_tokens_of_unpatched_transformers(pristine_site
         for name in COMPILED:
             first, second = (call["new_graphs"] for call in calls[name])
             assert first <= (0 if mode == "eager" else 2) and second == 0, (mode, name, first, second)
+        assert calls["greedy_search"][0]["new_graphs"] == (0 if mode == "eager" else 2), mode
         assert all(call["new_graphs"] == 0 for name in EAGER for call in calls[name]), mode
         # one timing record per step of every compiled strategy's calls, naming it and counting its rows
         steps = [(name, rows) for name, rows in COMPILED.items() for _ in range(2 * NEW_TOKENS)]

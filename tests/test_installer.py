@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import py_compile
+import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) 
 
 
 def graph_mode_bytes(original: bytes) -> bytes:
-    return patch_file(UTILS, original, resolve(["graph-mode"]))
+    return patch_file(UTILS, original, resolve(["graph-mode"]), "4.31.0")
 
 
 def test_apply_status_revert_round_trip(site):
@@ -161,17 +162,49 @@ def test_an_upgraded_transformers_keeps_its_files_and_loses_the_record(site):
 
 def set_version(site: Path, version: str) -> None:
     (info,) = site.glob("transformers-*.dist-info")
-    metadata = (info / "METADATA").read_text().replace("Version: 4.31.0", f"Version: {version}")
+    metadata = re.sub(r"(?m)^Version: .*$", f"Version: {version}", (info / "METADATA").read_text())
     (info / "METADATA").write_text(metadata)
 
 
-def test_an_unsupported_version_is_refused(site):
+def test_an_unlisted_release_is_refused_without_allow_untested(site):
     original = (site / UTILS).read_bytes()
-    set_version(site, "4.30.2")
+    set_version(site, "4.42.0")
     result = run_cli("apply", "--site-packages", str(site))
-    one_line_error(result, 3, "transformers 4.30.2", str(site), "==4.31.0", "pip install")
+    one_line_error(
+        result, 3, "transformers 4.42.0", str(site), "verified on (4.28.0 to 4.41.2)", "pip install", "--allow-untested"
+    )
     assert (site / UTILS).read_bytes() == original and not (site / ".llama-graph-patch").exists()
     assert status_of(site)["supported"] is False
+    set_version(site, "4.30.2")  # another release than 4.31.0: the static cache is for 4.31.0 only
+    one_line_error(run_cli("apply", "--static-cache", "--site-packages", str(site)), 3, "static-cache patch is verified on (4.31.0)")
+
+
+def test_allow_untested_applies_where_every_place_is_found(site):
+    """4.31.0's code under another version number: the newest layouts do not fit, the 4.29-4.38 one does."""
+    original = (site / UTILS).read_bytes()
+    set_version(site, "4.42.0")
+    result = run_cli("apply", "--allow-untested", "--site-packages", str(site))
+    assert result.returncode == 0, result.stderr
+    (warning,) = result.stderr.strip().splitlines()
+    assert warning.startswith("llama-graph-patch: warning: transformers 4.42.0 is not among the releases")
+    assert "(4.28.0 to 4.41.2)" in warning and "--allow-untested" in warning
+    status = status_of(site)
+    assert status["state"] == "patched" and status["tested"] is False
+    assert status["methods"]["graph-mode"]["compiled"][:2] == ["greedy_search", "sample"]
+    assert "tested: false" in run_cli("status", "--site-packages", str(site)).stdout
+    assert (site / UTILS).read_bytes() == patch_file(UTILS, original, resolve(["graph-mode"]), "4.31.0")
+    assert run_cli("revert", "--site-packages", str(site)).returncode == 0
+    assert (site / UTILS).read_bytes() == original
+
+
+def test_allow_untested_refuses_code_of_another_shape(site):
+    source = (site / UTILS).read_text()
+    position = source.index("        while True:\n", source.index("    def sample("))
+    (site / UTILS).write_text(source[:position] + "        while not this_peer_finished:\n" + source[position + 20 :])
+    set_version(site, "4.42.0")
+    result = run_cli("apply", "--allow-untested", "--site-packages", str(site))
+    one_line_error(result, 4, "GenerationMixin.", "not found", "transformers 4.42.0", "not verified on this release")
+    assert not (site / ".llama-graph-patch").exists()
 
 
 def test_missing_transformers_is_refused(tmp_path):
@@ -232,7 +265,7 @@ main(["apply", "--static-cache", "--site-packages", site])
 def test_a_crash_leaves_whole_files_and_the_next_run_finishes(site, crash_when_replacing):
     names = (UTILS, MODELING)
     originals = {name: (site / name).read_bytes() for name in names}
-    patched = {name: patch_file(name, originals[name], resolve(["static-cache"])) for name in names}
+    patched = {name: patch_file(name, originals[name], resolve(["static-cache"]), "4.31.0") for name in names}
     crash_path = str(site / crash_when_replacing)
     crash = subprocess.run([sys.executable, "-c", CRASH_AT, str(site), crash_path], capture_output=True)
     assert crash.returncode == 137, crash.stderr

@@ -153,8 +153,8 @@ def require_patched(static_cache: bool) -> tuple[Target, list[str]]:
     target = find_target()
     status = installer.inspect(target)
     wanted = patch_names(static_cache)
-    check_supported(target, resolve(wanted))
     if status.state != "patched" or not set(wanted) <= set(status.patches):
+        check_supported(target, resolve(wanted))
         fix = "llama-graph-patch apply" + (" --static-cache" if static_cache else "")
         raise NotPatched(
             f"the transformers {target.transformers_version} this command would run ({target.site_packages}) is "

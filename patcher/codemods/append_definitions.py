@@ -56,7 +56,6 @@ class AppendDefinitionsCommand(VisitorBasedCodemodCommand):
         if taken:
             raise UnexpectedCode(
                 f"{self.context.filename or 'the module'} already defines {', '.join(taken)}: it holds "
-                "llama-graph-patch code without a record of it. Reinstall transformers "
-                "(pip install --force-reinstall --no-deps transformers==4.31.0), then apply again."
+                "llama-graph-patch code without a record of it; reinstall transformers, then apply again"
             )
         return tree.with_changes(body=(*tree.body, *self.statements))

@@ -16,9 +16,15 @@ FORWARD_CALL = m.SimpleStatementLine(
 )
 
 
+def runs_forward(statement: cst.BaseStatement) -> bool:
+    """The loop's statement that runs the forward pass: the call itself, or an if/else holding it (from
+    transformers 4.38 beam search picks between one call and calls on sub-batches, its low_memory option)."""
+    return m.matches(statement, FORWARD_CALL) or (isinstance(statement, cst.If) and bool(m.findall(statement, FORWARD_CALL)))
+
+
 class TimeForwardCallCommand(GenerationLoopCommand):
-    """Copy `before_forward` / `after_forward` around the forward call and `after_loop` after the loop, in
-    each named method.
+    """Copy `before_forward` / `after_forward` around the forward call (or the if/else holding it) and
+    `after_loop` after the loop, in each named method.
 
     Before::
 
@@ -46,7 +52,7 @@ class TimeForwardCallCommand(GenerationLoopCommand):
                 _llama_graph_patch_timer.write()
             if streamer is not None:
 
-    The call must appear exactly once at the top level of the loop body.
+    The call, or one if/else holding it, must appear exactly once at the top level of the loop body.
     """
 
     DESCRIPTION = "Time the forward call of each step of decoding methods."
@@ -62,8 +68,8 @@ class TimeForwardCallCommand(GenerationLoopCommand):
     ) -> list[cst.BaseStatement]:
         loop = body[index]
         steps = list(loop.body.body)
-        calls = [i for i, statement in enumerate(steps) if m.matches(statement, FORWARD_CALL)]
-        self.require_once(f"`outputs = self(...)` at the top level of the loop in {where}", len(calls))
+        calls = [i for i, statement in enumerate(steps) if runs_forward(statement)]
+        self.require_once(f"`outputs = self(...)` at the top level of the loop (or in an if/else there) in {where}", len(calls))
         steps = insert_before(insert_after(steps, calls[0], self.after), calls[0], self.before)
         body[index] = loop.with_changes(body=loop.body.with_changes(body=steps))
         return insert_after(body, index, self.after_loop)

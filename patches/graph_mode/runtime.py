@@ -64,6 +64,17 @@ def _llama_graph_patch_compile(model, input_ids):
         logger.info("llama-graph-patch: eager mode on %s (EXE_MODE=eager), no torch.compile", device_type)
         return model
     options, backend = _llama_graph_patch_backend(graph_mode, device_type)
+    state = model.__dict__.setdefault("_llama_graph_patch", {"compiled": {}, "graphs": 0, "warned": False})
+    if scope == "layers" and _llama_graph_patch_layers_are_indexed(model):
+        scope = "model"
+        if not state.get("warned_scope"):
+            state["warned_scope"] = True
+            logger.warning(
+                "llama-graph-patch: LLAMA_GRAPH_PATCH_COMPILE_SCOPE=layers compiles the whole model instead: each "
+                "decoder layer of %s indexes the shared KV cache with its own layer_idx (transformers 4.36 and "
+                "later), so dynamo would compile every layer apart",
+                type(model).__name__,
+            )
     logger.info(
         "llama-graph-patch: dynamo mode %s on %s, backend=%s, scope=%s, dynamic=True, fullgraph=True",
         graph_mode,
@@ -71,10 +82,9 @@ def _llama_graph_patch_compile(model, input_ids):
         backend,
         scope,
     )
-    # Kept in __dict__ so that nn.Module does not register it: one compiled model per backend and scope
-    # (a fresh torchair backend object on every generate call would make dynamo compile again), the
+    # `state` is kept in __dict__ so that nn.Module does not register it: one compiled model per backend and
+    # scope (a fresh torchair backend object on every generate call would make dynamo compile again), the
     # number of graphs compiled for this model, and its compile cache.
-    state = model.__dict__.setdefault("_llama_graph_patch", {"compiled": {}, "graphs": 0, "warned": False})
     key = (backend, scope)
     if scope == "layers" and key in state["compiled"] and not state["compiled"][key].is_current():
         del state["compiled"][key]  # compile the layers the model holds now (dynamo reuses what fits)
@@ -82,6 +92,10 @@ def _llama_graph_patch_compile(model, input_ids):
         description = {"graph_mode": graph_mode, "backend": backend, "scope": scope}
         state["cache"] = _llama_graph_patch_open_compile_cache(model, input_ids.device, description)
         state["compiled"][key] = _llama_graph_patch_compiled_model(model, scope, options)
+        # transformers 4.36 and 4.37 prepare Llama's SDPA attention mask with a branch on tensor values
+        # (`torch.all(attention_mask == 1)`) that fullgraph tracing cannot follow: while a compiled call runs,
+        # their LlamaModel prepares the mask the eager way instead and hands it to the same SDPA attention.
+        state["sdpa_masks"] = [module for module in model.modules() if getattr(module, "_use_sdpa", False) is True]
     return _LlamaGraphPatchRunner(model, state["compiled"][key], state, budget, strict)
 
 
@@ -172,6 +186,13 @@ def _llama_graph_patch_compiled_model(model, scope, options):
     if scope == "model":
         return compile_module(model)
     return _LlamaGraphPatchCompiledLayers(model, compile_module)
+
+
+def _llama_graph_patch_layers_are_indexed(model):
+    """Whether the model's layers hold their own index (`layer_idx`, transformers 4.36 and later): dynamo then
+    specialises on it, and the code compiled for one layer cannot serve the others."""
+    indices = {getattr(module, "layer_idx", None) for module in model.modules()}
+    return len(indices - {None}) > 1
 
 
 class _LlamaGraphPatchCompiledLayers(object):
@@ -265,6 +286,15 @@ class _LlamaGraphPatchRunner(object):
             _llama_graph_patch_save_compile_cache(self.__state["cache"])
 
     def __call_compiled(self, args, kwargs):
+        for module in self.__state["sdpa_masks"]:
+            module._use_sdpa = False
+        try:
+            return self.__call_within_budget(args, kwargs)
+        finally:
+            for module in self.__state["sdpa_masks"]:
+                module._use_sdpa = True
+
+    def __call_within_budget(self, args, kwargs):
         import torch
 
         if self.__state["graphs"] < self.__budget:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import types
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
@@ -71,7 +72,7 @@ def record_input_shapes(model, shapes):
     """Wrap the model's prepare_inputs_for_generation to keep the shapes of what each step feeds it."""
     prepare = model.prepare_inputs_for_generation
 
-    def recording(*args, **kwargs):
+    def recording(self, *args, **kwargs):
         inputs = prepare(*args, **kwargs)
         step = {}
         for name, value in inputs.items():
@@ -82,7 +83,7 @@ def record_input_shapes(model, shapes):
         shapes.append(step)
         return inputs
 
-    model.prepare_inputs_for_generation = recording
+    model.prepare_inputs_for_generation = types.MethodType(recording, model)  # a bound method, as generate() checks
 
 
 def run_mode(mode, args):

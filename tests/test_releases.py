@@ -1,0 +1,149 @@
+"""The graph-mode patch on every transformers release it lists, 4.28.0 to 4.41.2, from the released wheels:
+apply, only the decoding methods change and only by added lines, status, revert byte for byte; and the
+tokens of three releases, each in an environment of its own, against the unpatched release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from helpers import (
+    UTILS,
+    changed_methods,
+    check_two_graphs,
+    copy_transformers,
+    decoding_calls,
+    generate,
+    only_insertions,
+    run_cli,
+    tokens,
+)
+from patcher.catalog import load_catalog
+from releases import environment, small_site
+
+RELEASES = load_catalog()["graph-mode"].releases
+
+
+def cli(*arguments) -> dict:
+    result = run_cli(*arguments)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", RELEASES)
+def test_the_graph_mode_patch_on_every_listed_release(version, tmp_path):
+    site = small_site(version, tmp_path / "site-packages")
+    original = (site / UTILS).read_bytes()
+    applied = cli("apply", "--site-packages", str(site))
+    assert applied.stdout.startswith(f"patched: graph-mode on transformers {version}") and applied.stderr == ""
+    status = json.loads(cli("status", "--json", "--site-packages", str(site)).stdout)
+    assert (status["state"], status["transformers_version"], status["tested"]) == ("patched", version, True)
+
+    patched = (site / UTILS).read_bytes()
+    assert only_insertions(original, patched)
+    changed, appended = changed_methods(original, patched)
+    methods = status["methods"]["graph-mode"]
+    assert changed == {*methods["compiled"], *methods["eager"]}
+    assert appended and all("llamagraphpatch" in name.lower().replace("_", "") for name in appended)
+    # every method generate() hands the loop to is compiled or says it runs eager, or forwards to one that is
+    uncovered = {name for name, called in decoding_calls(original).items() if not {name, *called} & changed}
+    assert not uncovered, uncovered
+
+    cli("revert", "--site-packages", str(site))
+    assert (site / UTILS).read_bytes() == original and not (site / ".llama-graph-patch").exists()
+
+
+# Llama has grouped-query attention from 4.31: 4.28.1 runs the same tiny model with multi-head attention.
+TOKEN_RELEASES = {"4.28.1": 4, "4.36.2": 2, "4.37.2": 2, "4.38.2": 2, "4.39.3": 2, RELEASES[-1]: 2}
+
+
+# The per-layer scope on the oldest and the newest listed release (where it steps aside, below).
+LAYERS_SCOPE_RELEASES = ("4.28.1", RELEASES[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "version, scope",
+    [(version, "model") for version in TOKEN_RELEASES] + [(version, "layers") for version in LAYERS_SCOPE_RELEASES],
+)
+def test_tokens_equal_the_unpatched_release(version, scope, tmp_path):
+    release = environment(version)
+    site = copy_transformers(release, tmp_path / "site-packages")
+    cli("apply", "--site-packages", str(site))
+    common = ("--kv-heads", TOKEN_RELEASES[version], "--new-tokens", 16)
+    reference, _ = generate(release, *common, "--modes", "reference")
+    results, log = generate(site, *common, then=(release,), env={"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope})
+    for mode, run in results.items():
+        assert tokens(run) == tokens(reference["reference"]), mode
+        if mode != "eager":
+            check_two_graphs(run["calls"])  # compiled indeed: prefill and decode, nothing more later
+    # From 4.36 each layer indexes the shared KV cache with its own layer_idx: the per-layer scope steps aside.
+    effective = "model" if scope == "layers" and Version(version) >= Version("4.36") else scope
+    assert log.count(f"scope={effective}, dynamic=True, fullgraph=True") == 2 * 3  # two compiled modes, three calls
+    assert log.count("LLAMA_GRAPH_PATCH_COMPILE_SCOPE=layers compiles the whole model instead") == (effective != scope) * 2
+    assert "runs eager" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version, fits", [("4.42.4", True), ("4.51.3", False)])
+def test_a_release_outside_the_list(version, fits, tmp_path):
+    """Refused without --allow-untested; with it, applied with one warning where every place is found once
+    (4.42.4), refused naming the method where not (4.51.3 moved beam search's forward pass)."""
+    site = small_site(version, tmp_path / "site-packages")
+    original = (site / UTILS).read_bytes()
+    refused = run_cli("apply", "--site-packages", str(site))
+    assert refused.returncode == 3 and "--allow-untested" in refused.stderr and "(4.28.0 to 4.41.2)" in refused.stderr
+
+    result = run_cli("apply", "--allow-untested", "--site-packages", str(site))
+    if not fits:
+        assert result.returncode == 4, result.stderr
+        assert "GenerationMixin._beam_search not found" in result.stderr and f"transformers {version}" in result.stderr
+        assert (site / UTILS).read_bytes() == original and not (site / ".llama-graph-patch").exists()
+        return
+    assert result.returncode == 0, result.stderr
+    (warning,) = result.stderr.strip().splitlines()
+    assert warning.startswith(f"llama-graph-patch: warning: transformers {version} is not among the releases")
+    status = json.loads(cli("status", "--json", "--site-packages", str(site)).stdout)
+    assert (status["state"], status["tested"]) == ("patched", False)
+    assert only_insertions(original, (site / UTILS).read_bytes())
+    cli("revert", "--site-packages", str(site))
+    assert (site / UTILS).read_bytes() == original
+
+
+OWN_STATIC_CACHE = """
+import json, os, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from torch._dynamo.utils import counters
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)).eval()
+ids = torch.randint(3, 99, (3, 9))
+mask = torch.ones_like(ids)
+mask[1, :3] = 0
+tokens = {}
+for mode in ("eager", "dynamo"):
+    os.environ["EXE_MODE"] = mode
+    with torch.no_grad():
+        tokens[mode] = [model.generate(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask, max_new_tokens=12,
+                                       min_new_tokens=12, do_sample=False, cache_implementation="static")[:, 9:].tolist()
+                        for call in range(2)]
+print(json.dumps({"same": tokens["eager"] == tokens["dynamo"], "graphs": counters["stats"]["unique_graphs"]}))
+"""
+
+
+@pytest.mark.slow
+def test_transformers_own_static_cache_runs_compiled_under_the_graph_mode_patch(tmp_path):
+    """From 4.38 transformers has a static cache of its own; on the newest listed release the graph-mode patch
+    compiles generate calls that use it (cache_implementation="static") into two graphs, with eager's tokens."""
+    from helpers import run_python
+
+    release = environment(RELEASES[-1])
+    site = copy_transformers(release, tmp_path / "site-packages")
+    cli("apply", "--site-packages", str(site))
+    result = run_python(["-c", OWN_STATIC_CACHE], site, then=(release,))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"same": True, "graphs": 2}
