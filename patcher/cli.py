@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         "diff", parents=[target], help="print the unified diff that apply makes (or made)"
     )
     diff.add_argument("--static-cache", action="store_true", help="show the diff of apply --static-cache")
-    diff.add_argument("--allow-untested", action="store_true", help="show it for a release the patches are not verified on")
+    diff.add_argument(
+        "--allow-untested", action="store_true", help="show it for a release the patches are not verified on"
+    )
     diff.set_defaults(run=run_diff)
 
     from patcher.bench.command import add_bench_parser
@@ -102,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_apply(args: argparse.Namespace) -> int:
     target = find_target(args.python, args.site_packages)
-    outcome = installer.apply(target, patch_names(args.static_cache), args.dry_run, args.lock_timeout, args.allow_untested)
+    names = patch_names(args.static_cache)
+    outcome = installer.apply(target, names, args.dry_run, args.lock_timeout, args.allow_untested)
     if outcome.warning:
         print(f"llama-graph-patch: warning: {outcome.warning}", file=sys.stderr)
     print(outcome.message)

@@ -17,7 +17,9 @@ from patcher.errors import UnexpectedCode
 Methods = dict[str, tuple[str, ...]]  # decoding methods by kind of edit, as in patches/
 
 
-def patch_file(relative: str, original: bytes, patches: list[Patch], version: str, shown_as: str | None = None) -> bytes:
+def patch_file(
+    relative: str, original: bytes, patches: list[Patch], version: str, shown_as: str | None = None
+) -> bytes:
     """Apply every edit the patches make to file `relative` (a path inside site-packages) of transformers
     `version`, which says where the decoding methods are. `shown_as` names the file in error messages (its
     full path); nothing of it enters the output."""

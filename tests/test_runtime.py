@@ -22,7 +22,8 @@ def check_timing(records: list, prompt_lengths: list, new_tokens: list, batch_si
     assert [record["step"] for record in records] == expected_steps
     prompts = iter(prompt_lengths)
     for record in records:
-        assert set(record) == {"step", "phase", "ms", "batch_size", "input_len"}
+        assert set(record) == {"step", "method", "phase", "ms", "batch_size", "input_len"}
+        assert record["method"] == "greedy_search"
         assert record["phase"] == ("prefill" if record["step"] == 0 else "decode")
         assert record["input_len"] == (next(prompts) if record["step"] == 0 else 1)
         assert record["batch_size"] == batch_size

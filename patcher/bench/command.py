@@ -28,8 +28,8 @@ def add_bench_parser(commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="run eager, max-autotune and reduce-overhead, each in its own process, and report them",
-        description="Benchmark generation of a Llama (greedy by default) in the guide's three modes, each in a fresh process, "
-        "with the patched transformers' device-synchronized step timing. Prefill is the first step, decode "
+        description="Benchmark generation of a Llama (greedy by default) in the guide's three modes, each in a "
+        "fresh process, with the patched transformers' device-synchronized step timing. Prefill is the first step, decode "
         "the mean of the later steps; compile s is the first generate call's time beyond a steady-state one. "
         "Without --model-path it runs the embedded tiny Llama (random weights).",
     )

@@ -136,7 +136,11 @@ def _llama_graph_patch_save_compile_cache(cache):
     if saved is None:
         return
     payload = saved[0]
-    header = {"format": _LLAMA_GRAPH_PATCH_ARTIFACT_FORMAT, "key": cache["key"], "sha256": hashlib.sha256(payload).hexdigest()}
+    header = {
+        "format": _LLAMA_GRAPH_PATCH_ARTIFACT_FORMAT,
+        "key": cache["key"],
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
     folder = os.path.dirname(cache["path"])
     try:
         os.makedirs(folder, exist_ok=True)

@@ -64,7 +64,9 @@ def _llama_graph_patch_compile(model, input_ids):
         logger.info("llama-graph-patch: eager mode on %s (EXE_MODE=eager), no torch.compile", device_type)
         return model
     options, backend = _llama_graph_patch_backend(graph_mode, device_type)
-    state = model.__dict__.setdefault("_llama_graph_patch", {"compiled": {}, "graphs": 0, "warned": False})
+    state = model.__dict__.setdefault(
+        "_llama_graph_patch", {"compiled": {}, "caches": {}, "graphs": 0, "warned": False}
+    )
     if scope == "layers" and _llama_graph_patch_layers_are_indexed(model):
         scope = "model"
         if not state.get("warned_scope"):
@@ -82,21 +84,22 @@ def _llama_graph_patch_compile(model, input_ids):
         backend,
         scope,
     )
-    # `state` is kept in __dict__ so that nn.Module does not register it: one compiled model per backend and
-    # scope (a fresh torchair backend object on every generate call would make dynamo compile again), the
-    # number of graphs compiled for this model, and its compile cache.
+    # `state` is kept in __dict__ so that nn.Module does not register it: one compiled model and compile cache
+    # per backend and scope (a fresh torchair backend object on every generate call would make dynamo compile
+    # again), and the number of graphs compiled for this model.
     key = (backend, scope)
     if scope == "layers" and key in state["compiled"] and not state["compiled"][key].is_current():
         del state["compiled"][key]  # compile the layers the model holds now (dynamo reuses what fits)
     if key not in state["compiled"]:
         description = {"graph_mode": graph_mode, "backend": backend, "scope": scope}
-        state["cache"] = _llama_graph_patch_open_compile_cache(model, input_ids.device, description)
+        cache = _llama_graph_patch_open_compile_cache(model, input_ids.device, description)
+        state["caches"][key] = state["cache"] = cache  # "cache": the latest opened, for reports
         state["compiled"][key] = _llama_graph_patch_compiled_model(model, scope, options)
         # transformers 4.36 and 4.37 prepare Llama's SDPA attention mask with a branch on tensor values
         # (`torch.all(attention_mask == 1)`) that fullgraph tracing cannot follow: while a compiled call runs,
         # their LlamaModel prepares the mask the eager way instead and hands it to the same SDPA attention.
         state["sdpa_masks"] = [module for module in model.modules() if getattr(module, "_use_sdpa", False) is True]
-    return _LlamaGraphPatchRunner(model, state["compiled"][key], state, budget, strict)
+    return _LlamaGraphPatchRunner(model, state["compiled"][key], state["caches"][key], state, budget, strict)
 
 
 def _llama_graph_patch_runs_eager(model, method):
@@ -192,7 +195,7 @@ def _llama_graph_patch_layers_are_indexed(model):
     """Whether the model's layers hold their own index (`layer_idx`, transformers 4.36 and later): dynamo then
     specialises on it, and the code compiled for one layer cannot serve the others."""
     indices = {getattr(module, "layer_idx", None) for module in model.modules()}
-    return len(indices - {None}) > 1
+    return len(indices - {None}) > 1  # walks the modules: a generate call's cost, not a step's
 
 
 class _LlamaGraphPatchCompiledLayers(object):
@@ -236,9 +239,10 @@ class _LlamaGraphPatchRunner(object):
     WARNING per model. LLAMA_GRAPH_PATCH_STRICT=1 raises instead.
     """
 
-    def __init__(self, model, compiled, state, budget, strict):
+    def __init__(self, model, compiled, cache, state, budget, strict):
         self.__model = model
         self.__compiled = compiled
+        self.__cache = cache
         self.__state = state
         self.__budget = budget
         self.__strict = strict
@@ -282,8 +286,8 @@ class _LlamaGraphPatchRunner(object):
 
     def llama_graph_patch_finish(self):
         """After the generation loop: keep what this call compiled in the compile cache."""
-        if self.__new_graphs and self.__state["cache"] is not None:
-            _llama_graph_patch_save_compile_cache(self.__state["cache"])
+        if self.__new_graphs and self.__cache is not None:
+            _llama_graph_patch_save_compile_cache(self.__cache)
 
     def __call_compiled(self, args, kwargs):
         for module in self.__state["sdpa_masks"]:
@@ -320,7 +324,8 @@ class _LlamaGraphPatchRunner(object):
             cause = "dynamo holds its limit of %d compiled versions (torch._dynamo.config.recompile_limit)" % limit
             fix = "raise torch._dynamo.config.recompile_limit, or vary batch sizes and modes less"
         else:
-            cause = "torch.compile failed: %s: %s" % (type(error).__name__, (str(error).strip().splitlines() or [""])[0])
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            cause = "torch.compile failed: %s: %s" % (type(error).__name__, first_line)
             fix = "set LLAMA_GRAPH_PATCH_STRICT=1 to raise the error, or EXE_MODE=eager"
         message = "llama-graph-patch: %s runs eager for the rest of this generate call: %s; %s" % (name, cause, fix)
         logger = logging.getLogger("llama_graph_patch")
