@@ -21,8 +21,9 @@ $(DEPS): pyproject.toml Makefile
 install: $(DEPS)
 	$(BIN)/pip install -q --no-deps --no-build-isolation --force-reinstall .
 
+# loadgroup: tests sharing an expensive module fixture (xdist_group) run in one worker, which builds it once.
 test: install
-	$(BIN)/pytest -n 2 tests
+	$(BIN)/pytest -n 2 --dist loadgroup tests
 
 bench: install
 	$(BIN)/llama-graph-patch apply

@@ -15,6 +15,8 @@ import pytest
 from helpers import generate, run_python, tokens
 
 COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
+# The tests that start from the `filled` cache run in one xdist worker, which fills it once.
+pytestmark = pytest.mark.xdist_group("compile-cache-filled")
 
 
 def generate_with_cache(site: Path, root: Path) -> tuple[dict, str]:

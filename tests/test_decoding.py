@@ -62,10 +62,10 @@ def test_every_strategy_gives_the_tokens_of_unpatched_transformers(pristine_site
 def test_beam_searches_keep_the_growing_cache_under_the_static_cache_patch(pristine_site, static_site):
     reference, _ = decode(pristine_site, "--kv-heads", 2, "--modes", "reference")
     expected = {name: [call["tokens"] for call in calls] for name, calls in by_strategy(reference["reference"]).items()}
-    results, log = decode(static_site, "--kv-heads", 2, "--modes", "eager,max-autotune")
+    results, log = decode(static_site, "--kv-heads", 2, "--modes", "max-autotune")
     for mode, run in results.items():
         assert {name: [call["tokens"] for call in pair] for name, pair in by_strategy(run).items()} == expected, mode
     for name in ("beam_search", "beam_sample", "group_beam_search", "constrained_beam_search"):
         warning = f"llama-graph-patch: no static KV cache for {name}: beams reorder the cache every step"
-        assert log.count(warning) == 2 * 2, log  # two calls in each of the two modes
-    assert log.count("static KV cache 2 layers") == 2 * 2 * 2  # greedy_search and sample, two calls, two modes
+        assert log.count(warning) == 2, log  # one per call
+    assert log.count("static KV cache 2 layers") == 2 * 2  # greedy_search and sample, two calls each

@@ -5,7 +5,6 @@ tokens of three releases, each in an environment of its own, against the unpatch
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from packaging.version import Version
@@ -58,33 +57,38 @@ def test_the_graph_mode_patch_on_every_listed_release(version, tmp_path):
 
 
 # Llama has grouped-query attention from 4.31: 4.28.1 runs the same tiny model with multi-head attention.
-TOKEN_RELEASES = {"4.28.1": 4, "4.36.2": 2, "4.37.2": 2, "4.38.2": 2, "4.39.3": 2, RELEASES[-1]: 2}
-
-
-# The per-layer scope on the oldest and the newest listed release (where it steps aside, below).
-LAYERS_SCOPE_RELEASES = ("4.28.1", RELEASES[-1])
+# The oldest, the first with transformers' Cache (and a data-dependent SDPA mask, as in 4.37), and the
+# newest release in eager and both compiled modes; 4.37.2 and the per-layer scope on 4.28.1 in max-autotune.
+# On 4.36.2 and the newest the runs ask for the per-layer scope, which steps aside there (layer_idx).
+TOKEN_RUNS = [
+    ("4.28.1", 4, "model", "eager,max-autotune,reduce-overhead"),
+    ("4.28.1", 4, "layers", "max-autotune"),
+    ("4.36.2", 2, "layers", "eager,max-autotune,reduce-overhead"),
+    ("4.37.2", 2, "model", "max-autotune"),
+    (RELEASES[-1], 2, "layers", "eager,max-autotune,reduce-overhead"),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "version, scope",
-    [(version, "model") for version in TOKEN_RELEASES] + [(version, "layers") for version in LAYERS_SCOPE_RELEASES],
-)
-def test_tokens_equal_the_unpatched_release(version, scope, tmp_path):
+@pytest.mark.parametrize("version, kv_heads, scope, modes", TOKEN_RUNS, ids=[f"{run[0]}-{run[2]}" for run in TOKEN_RUNS])
+def test_tokens_equal_the_unpatched_release(version, kv_heads, scope, modes, tmp_path):
     release = environment(version)
     site = copy_transformers(release, tmp_path / "site-packages")
     cli("apply", "--site-packages", str(site))
-    common = ("--kv-heads", TOKEN_RELEASES[version], "--new-tokens", 16)
+    common = ("--kv-heads", kv_heads, "--new-tokens", 16)
     reference, _ = generate(release, *common, "--modes", "reference")
-    results, log = generate(site, *common, then=(release,), env={"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope})
+    env = {"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope}
+    results, log = generate(site, *common, "--modes", modes, env=env, then=(release,))
     for mode, run in results.items():
         assert tokens(run) == tokens(reference["reference"]), mode
         if mode != "eager":
             check_two_graphs(run["calls"])  # compiled indeed: prefill and decode, nothing more later
     # From 4.36 each layer indexes the shared KV cache with its own layer_idx: the per-layer scope steps aside.
     effective = "model" if scope == "layers" and Version(version) >= Version("4.36") else scope
-    assert log.count(f"scope={effective}, dynamic=True, fullgraph=True") == 2 * 3  # two compiled modes, three calls
-    assert log.count("LLAMA_GRAPH_PATCH_COMPILE_SCOPE=layers compiles the whole model instead") == (effective != scope) * 2
+    compiled_modes = len([mode for mode in modes.split(",") if mode != "eager"])
+    assert log.count(f"scope={effective}, dynamic=True, fullgraph=True") == compiled_modes * 3  # three calls each
+    stepped_aside = log.count("LLAMA_GRAPH_PATCH_COMPILE_SCOPE=layers compiles the whole model instead")
+    assert stepped_aside == (compiled_modes if effective != scope else 0)
     assert "runs eager" not in log
 
 

@@ -9,33 +9,10 @@ reports the tokens and the graphs dynamo compiled during it; for the mode, the s
 import argparse
 import json
 import logging
-import os
 import sys
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-
-def tiny_llama(kv_heads, seed=0, layers=2):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=99,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # spread the logits, so that close calls between tokens are rare
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0.0, 0.1)
-    return model
+from tiny import enter_mode, timing_records, tiny_llama
 
 
 def left_padded_batch(rows):
@@ -58,21 +35,15 @@ def strategies(kv_heads):
         ("group_beam_search", {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5}, 3),
         ("constrained_beam_search", {"num_beams": 3, "force_words_ids": [[17, 18]]}, 3),
         ("contrastive_search", {"penalty_alpha": 0.6, "top_k": 4}, 3),
-        ("assisted_decoding", {"assistant_model": tiny_llama(kv_heads, seed=1, layers=1)}, 1),  # batch 1 only
+        ("assisted_decoding", {"assistant_model": tiny_llama(kv_heads, seed=1, layers=1, spread=0.1)}, 1),  # batch 1
     ]
 
 
 def run_mode(mode, args):
     from torch._dynamo.utils import counters
 
-    os.environ["EXE_MODE"] = "eager" if mode in ("eager", "reference") else "dynamo"
-    os.environ["GRAPH_MODE"] = mode if mode in ("max-autotune", "reduce-overhead") else "max-autotune"
-    timing = os.path.join(args.timing_dir, mode + ".jsonl") if args.timing_dir else None
-    if timing:
-        os.environ["LLAMA_GRAPH_PATCH_TIMING"] = timing
-    torch._dynamo.reset()
-    counters.clear()
-    model = tiny_llama(args.kv_heads)
+    timing = enter_mode(mode, args.timing_dir)
+    model = tiny_llama(args.kv_heads, spread=0.1)  # logits far apart: no near-ties for sampling and beams
     calls = []
     with torch.no_grad():
         for name, options, rows in strategies(args.kv_heads):
@@ -93,11 +64,7 @@ def run_mode(mode, args):
                     "tokens": sequences[:, input_ids.shape[1]:].tolist(),
                     "new_graphs": counters["stats"]["unique_graphs"] - before,
                 })
-    records = []
-    if timing and os.path.exists(timing):
-        with open(timing) as source:
-            records = [json.loads(line) for line in source]
-    return {"calls": calls, "timing": records}
+    return {"calls": calls, "timing": timing_records(timing)}
 
 
 def main():

@@ -15,24 +15,8 @@ import sys
 import types
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
-
-
-def tiny_llama(kv_heads):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=99,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
+from tiny import enter_mode, timing_records, tiny_llama
+from transformers import LogitsProcessor, LogitsProcessorList
 
 
 def left_padded_batch(lengths, seed=1):
@@ -89,13 +73,7 @@ def record_input_shapes(model, shapes):
 def run_mode(mode, args):
     from torch._dynamo.utils import counters
 
-    os.environ["EXE_MODE"] = "eager" if mode in ("eager", "reference") else "dynamo"
-    os.environ["GRAPH_MODE"] = mode if mode in ("max-autotune", "reduce-overhead") else "max-autotune"
-    timing = os.path.join(args.timing_dir, mode + ".jsonl") if args.timing_dir else None
-    if timing:
-        os.environ["LLAMA_GRAPH_PATCH_TIMING"] = timing
-    torch._dynamo.reset()
-    counters.clear()
+    timing = enter_mode(mode, args.timing_dir)
     model = tiny_llama(args.kv_heads).to(args.device)
     shapes = []
     record_input_shapes(model, shapes)
@@ -121,17 +99,13 @@ def run_mode(mode, args):
                     "input_shapes": shapes[:new_tokens],
                 }
             )
-    records = []
-    if timing and os.path.exists(timing):
-        with open(timing) as source:
-            records = [json.loads(line) for line in source]
     cache = model.__dict__.get("_llama_graph_patch", {}).get("cache")
     return {
         "calls": results,
         "static_cache": "llama_graph_patch_kv_cache" in model.__dict__,
         "compile_cache": cache and {"state": cache["state"], "path": cache["path"]},
         "layers_after": sorted({type(layer).__name__ for layer in model.model.layers}),
-        "timing": records,
+        "timing": timing_records(timing),
     }
 
 

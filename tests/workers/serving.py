@@ -18,24 +18,8 @@ import sys
 import weakref
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TextStreamer, pipeline
-
-
-def tiny_llama(kv_heads, vocab_size):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=256,
-        pad_token_id=2,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
+from tiny import tiny_llama
+from transformers import AutoTokenizer, TextStreamer, pipeline
 
 
 def batch(rows, width, seed):
@@ -121,7 +105,7 @@ def main():
         torch._dynamo.config.recompile_limit = args.recompile_limit
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, use_fast=False, padding_side="left")
     tokenizer.pad_token = tokenizer.eos_token
-    model = tiny_llama(args.kv_heads, len(tokenizer))
+    model = tiny_llama(args.kv_heads, vocab_size=len(tokenizer), pad_token_id=2)
     calls = serving_calls(model, tokenizer) if args.sequence == "serving" else varied_calls(model)
     caches = []  # a weak reference to every static cache the model ever held
     report = []
