@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy
@@ -65,6 +70,7 @@ def test_bench_runs_three_modes_and_reports_every_field(graph_mode_site, embedde
     ):
         assert field in meta, field
     assert meta["patches"] == ["graph-mode"] and meta["static_cache"] is False and meta["interleaved"] is True
+    assert meta["modes_not_run"] == []
     assert (meta["batch_size"], meta["input_len"], meta["max_new_tokens"]) == (2, 24, 8)
     assert meta["transformers_version"] == "4.31.0" and meta["dtype"] == "float32"
     assert list(report["modes"]) == list(MODES)
@@ -80,6 +86,7 @@ def test_bench_runs_three_modes_and_reports_every_field(graph_mode_site, embedde
         assert numbers["model_bytes"] > 0 and numbers["decode_bandwidth_gbs"] > 0
         assert numbers["compile_s"] >= 0 and numbers["scope"] == (None if mode == "eager" else "model")
         assert numbers["graphs"] == (0 if mode == "eager" else 2)
+        assert numbers["cuda_graphs"] is None  # counted on CUDA only
         assert numbers["cache"] in ((None,) if mode == "eager" else ("cold", "warm"))
     assert report["modes"]["max-autotune"]["compile_s"] > 10 * report["modes"]["eager"]["compile_s"]
     assert report["modes"]["eager"]["decode_speedup_vs_eager"] == 1.0
@@ -109,6 +116,29 @@ def test_a_failing_mode_is_reported_and_the_others_still_run(graph_mode_site, em
     assert Path(failed["log"]).exists()
     shutil.rmtree(Path(failed["log"]).parent)  # kept by bench for the user to read; not needed here
     assert "random weights, not Llama-2" in report["metadata"]["model"]
+
+
+@pytest.mark.slow
+def test_the_report_is_written_after_each_mode(graph_mode_site, embedded, tiny_checkpoint, tmp_path):
+    """A bench cut off midway (a device call's time limit, say) leaves the modes that ended."""
+    report_path = tmp_path / "b.json"
+    arguments = [
+        "bench", "--model-path", str(tiny_checkpoint), "--modes", "eager,max-autotune", "--cold", "--batch-size", "1",
+        "--input-len", "8", "--max-new-tokens", "2", "--output-json", str(report_path),
+    ]
+    environment = {**os.environ, **python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(embedded)}
+    executable = Path(sys.executable).with_name("llama-graph-patch")
+    with subprocess.Popen([str(executable), *arguments], env=environment, start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as bench_process:
+        try:
+            deadline = time.monotonic() + 600
+            while not report_path.exists() and bench_process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            midway = json.loads(report_path.read_text())  # written whole before max-autotune's compile ends
+        finally:
+            os.killpg(bench_process.pid, signal.SIGKILL)  # the bench and its worker
+    assert list(midway["modes"]) == ["eager"] and midway["modes"]["eager"]["status"] == "ok"
+    assert midway["metadata"]["modes_not_run"] == ["max-autotune"]
 
 
 def test_the_upstream_flags_run_the_single_mode_they_name(graph_mode_site, embedded, tiny_checkpoint, tmp_path):

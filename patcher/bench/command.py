@@ -97,13 +97,17 @@ def run_bench(args: argparse.Namespace) -> int:
     folder = Path(tempfile.mkdtemp(prefix="llama-graph-patch-bench-"))
     plan_path = folder / "plan.json"
     plan_path.write_text(json.dumps(setup.plan), encoding="utf-8")
-    runs = runner.run_modes(modes, setup.plan, plan_path, folder, args.mode_timeout)
 
-    results = build_report(runs, modes, setup)
+    def write_reports(runs: list[runner.ModeRun]) -> dict:
+        results = build_report(runs, modes, setup)
+        for path, write in ((args.output_json, report.write_json), (args.output_md, report.write_markdown)):
+            if path:
+                write(results, Path(path))
+        return results
+
+    runs = runner.run_modes(modes, setup.plan, plan_path, folder, args.mode_timeout, finished=write_reports)
+    results = write_reports(runs)
     print(report.console_table(results))
-    for path, write in ((args.output_json, report.write_json), (args.output_md, report.write_markdown)):
-        if path:
-            write(results, Path(path))
     if args.plot:
         report.plot(results, Path(args.plot))
     failed = [run for run in runs if results["modes"][run.mode]["status"] != "ok"]
@@ -166,5 +170,6 @@ def build_report(runs: list[runner.ModeRun], chosen: list[Mode], setup: Setup) -
         "decoding": {**plan["decoding"], "seed": plan["seed"]},
         "static_cache": bool(static_sizes),
         "static_cache_mb": static_sizes[0] if static_sizes else None,
+        "modes_not_run": [mode.name for mode in chosen if mode.name not in modes],  # a report written midway
     }
     return {"metadata": metadata, "modes": modes}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def markdown(report: dict) -> str:
         f"- torch {meta['torch_version']}, transformers {meta['transformers_version']}, python {meta['python']}, "
         f"llama-graph-patch {meta['tool_version']}",
         f"- command: `{meta['command']}`",
+        *([f"- written midway: {', '.join(meta['modes_not_run'])} not run yet"] if meta["modes_not_run"] else []),
         "",
         "Prefill is the first step of a generate call, decode the mean of the later steps (device-synchronized). "
         "compile s: the first generate call's time beyond a steady-state call; cache: what the compile cache held "
@@ -121,17 +123,30 @@ def markdown(report: dict) -> str:
     ]
     if bandwidth:
         lines += ["", f"Memory read per decode step (weights: {meta['model_bytes'] / 2**20:.0f} MiB, plus keys and values):", *bandwidth]
+    captured = [
+        f"- {mode}: {numbers['cuda_graphs']['recorded']} recorded, {numbers['cuda_graphs']['skipped']} compiled graphs not captured"
+        for mode, numbers in report["modes"].items()
+        if numbers["status"] == "ok" and numbers["cuda_graphs"] and numbers["scope"]  # eager has no scope
+    ]
+    if captured:
+        lines += ["", "CUDA graphs (inductor's cudagraph trees, all calls of the mode):", *captured]
     return "\n".join(lines) + "\n"
 
 
 def write_json(report: dict, path: Path) -> None:
+    replace(path, json.dumps(report, indent=2) + "\n")
+
+
+def replace(path: Path, text: str) -> None:
+    """Whole files only: the bench rewrites its reports after every mode, and a reader may be looking."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def write_markdown(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown(report), encoding="utf-8")
+    replace(path, markdown(report))
 
 
 def plot(report: dict, path: Path) -> None:

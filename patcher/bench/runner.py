@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from patcher.bench.modes import Mode
@@ -120,7 +121,16 @@ class ModeRun:
         return [json.loads(line) for line in self.timing_path.read_text(encoding="utf-8").splitlines()]
 
 
-def run_modes(modes: list[Mode], plan: dict, plan_path: Path, folder: Path, timeout: float | None) -> list[ModeRun]:
+def run_modes(
+    modes: list[Mode],
+    plan: dict,
+    plan_path: Path,
+    folder: Path,
+    timeout: float | None,
+    finished: Callable[[list[ModeRun]], object] = lambda runs: None,
+) -> list[ModeRun]:
+    """Every mode in its own worker process. Without interleaving, `finished` gets the runs so far after each
+    mode, so that a bench cut off from outside leaves the modes that ended."""
     width = max(len(mode.name) for mode in modes)  # aligns the progress bars
     if not plan["interleave"]:
         runs = []
@@ -128,6 +138,8 @@ def run_modes(modes: list[Mode], plan: dict, plan_path: Path, folder: Path, time
             run = ModeRun(mode, plan, plan_path, folder, timeout, width)
             run.send("measure")  # all measured runs at once
             runs.append(run.finish())
+            if len(runs) < len(modes):
+                finished(runs)
         return runs
     ready = []
     for mode in modes:
