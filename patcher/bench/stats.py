@@ -50,6 +50,7 @@ def summarize(result: dict, records: list[dict], plan: dict, eager_tokens: list 
         "warmup_s": result["warmup_s"],
         "compile_s": compile_seconds(result["call_s"]),
         "graphs": result["graphs"],
+        "cuda_graphs": result["cuda_graphs"],
         "cache": result["cache"],
         "peak_memory_mb": result["peak_memory_mb"],
         "token_agreement_vs_eager": agreement(result["tokens"], eager_tokens),

@@ -139,6 +139,7 @@ def run(plan: dict, timing_path: str) -> dict:
         "warmup_s": call_s[0] if plan["warmup_runs"] else None,
         "call_s": call_s,
         "graphs": compiled_graphs(),
+        "cuda_graphs": cuda_graphs_recorded(device),
         "cache": compile_cache_state(model),
         "peak_memory_mb": peak_memory_mb(device, torch),
         "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
@@ -155,6 +156,20 @@ def compiled_graphs() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
+
+
+def cuda_graphs_recorded(device) -> dict | None:
+    """On CUDA: how many CUDA graphs inductor recorded (reduce-overhead and max-autotune capture them) and
+    how many compiled graphs it left uncaptured, with the reason logged; None elsewhere."""
+    if device.type != "cuda":
+        return None
+    from torch._dynamo.utils import counters
+    from torch._inductor import cudagraph_trees
+
+    manager = cudagraph_trees.get_manager(device.index or 0, create_if_none_exists=False)
+    roots = list(manager.get_roots()) if manager is not None else []
+    recorded = sum(1 + root.num_descendants() for root in roots)
+    return {"recorded": recorded, "skipped": int(counters["inductor"]["cudagraph_skips"])}
 
 
 def compile_cache_state(model) -> str | None:
@@ -198,6 +213,7 @@ def load(plan: dict, device, dtype, torch):
     if plan["preset"]:
         from patcher.bench.models import PRESETS
 
+        torch.manual_seed(plan["seed"])  # the same random weights in every mode's process
         with torch.device(device):
             shape = {**PRESETS[plan["preset"]], **({"num_hidden_layers": plan["layers"]} if plan["layers"] else {})}
             model = LlamaForCausalLM._from_config(LlamaConfig(**shape), torch_dtype=dtype)
