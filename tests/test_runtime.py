@@ -138,6 +138,41 @@ def test_on_cpu_reduce_overhead_takes_the_cpp_wrapper(graph_mode_site, graph_mod
     assert json.loads(result.stdout) == {"backend": "inductor", **expected}
 
 
+POOL_PROBE = """
+import json, torch
+from transformers.generation import utils
+key, value, hidden = torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3)
+pool = torch.full((2, 3), 7.0)  # stands in for a CUDA graph's output memory
+layer = utils._LlamaGraphPatchPoolCopies(lambda hidden, past_key_value: (pool, past_key_value))
+out_hidden, (out_key, out_value) = layer(hidden, past_key_value=(key, value))
+pool.fill_(0.0)  # the next layer's replay of the same graph
+model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
+layer_types = {}
+for device, mode in (("cuda", "reduce-overhead"), ("cuda", "default"), ("cpu", "reduce-overhead")):
+    compiled = utils._llama_graph_patch_compiled_model(model, "layers", {"backend": "inductor", "mode": mode}, device)
+    layer_types[device + " " + mode] = sorted({type(layer).__name__ for layer in compiled.compiled.values()})
+print(json.dumps({"copied": out_hidden.tolist() == [[7.0] * 3] * 2, "aliases_kept": out_key is key and out_value is value,
+                  "layer_types": layer_types}))
+"""
+
+
+def test_layers_under_cuda_graphs_copy_their_outputs_out_of_the_pool(graph_mode_site):
+    """Stand-in for a CUDA graph (no GPU here): outputs that live in the graph's memory are copied before the
+    next layer's replay overwrites them; keys and values handed in (the static cache's buffers) stay as they are.
+    Only CUDA with graph capture (inductor's reduce-overhead) pays for the copies."""
+    result = run_python(["-c", POOL_PROBE], graph_mode_site)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == {
+        "copied": True,
+        "aliases_kept": True,
+        "layer_types": {
+            "cuda reduce-overhead": ["_LlamaGraphPatchPoolCopies"],
+            "cuda default": ["OptimizedModule"],
+            "cpu reduce-overhead": ["OptimizedModule"],
+        },
+    }
+
+
 def test_without_the_timing_variable_nothing_is_timed_or_written(graph_mode_site, tmp_path):
     probe = (
         "import torch; from transformers.generation import utils; "

@@ -94,7 +94,7 @@ def _llama_graph_patch_compile(model, input_ids):
         description = {"graph_mode": graph_mode, "backend": backend, "scope": scope}
         cache = _llama_graph_patch_open_compile_cache(model, input_ids.device, description)
         state["caches"][key] = state["cache"] = cache  # "cache": the latest opened, for reports
-        state["compiled"][key] = _llama_graph_patch_compiled_model(model, scope, options)
+        state["compiled"][key] = _llama_graph_patch_compiled_model(model, scope, options, device_type)
         # transformers 4.36 and 4.37 prepare Llama's SDPA attention mask with a branch on tensor values
         # (`torch.all(attention_mask == 1)`) that fullgraph tracing cannot follow: while a compiled call runs,
         # their LlamaModel prepares the mask the eager way instead and hands it to the same SDPA attention.
@@ -177,7 +177,7 @@ def _llama_graph_patch_torch_older_than(version, major_minor):
     return tuple(parts) < tuple(major_minor)
 
 
-def _llama_graph_patch_compiled_model(model, scope, options):
+def _llama_graph_patch_compiled_model(model, scope, options, device_type):
     """scope "model": the whole forward in one graph per call pattern (the guide's way). scope "layers":
     the decoder layer compiled once, its code serving every layer; embedding, mask, final norm and
     lm_head stay eager."""
@@ -188,7 +188,28 @@ def _llama_graph_patch_compiled_model(model, scope, options):
 
     if scope == "model":
         return compile_module(model)
+    if device_type == "cuda" and options.get("mode") in ("reduce-overhead", "max-autotune"):
+        return _LlamaGraphPatchCompiledLayers(model, lambda layer: _LlamaGraphPatchPoolCopies(compile_module(layer)))
     return _LlamaGraphPatchCompiledLayers(model, compile_module)
+
+
+class _LlamaGraphPatchPoolCopies(object):
+    """A decoder layer compiled with CUDA graphs. Every compiled call starts a new generation of inductor's
+    cudagraph trees, so the next layer's replay of the same graph would overwrite this layer's outputs
+    (its hidden states and keys and values) in the graph pool: copy them out, keep what aliases an input."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def __call__(self, *args, **kwargs):
+        import torch
+        from torch.utils import _pytree
+
+        inputs = {leaf.data_ptr() for leaf in _pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)}
+        return _pytree.tree_map(
+            lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) and leaf.data_ptr() not in inputs else leaf,
+            self.compiled(*args, **kwargs),
+        )
 
 
 def _llama_graph_patch_layers_are_indexed(model):
