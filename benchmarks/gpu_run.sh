@@ -8,7 +8,7 @@
 #
 # tiny:    greedy tokens of a tiny random Llama on CUDA, unpatched vs eager / max-autotune /
 #          reduce-overhead, with the growing and the static KV cache, model and layers scope.
-# layers:  bench --preset llama2-7b ...: the three modes with both caches in one bench, the compiled
+# layers:  bench --preset llama2-7b ... --cold: the three modes with both caches in one bench, the compiled
 #          ones in the per-layer scope (one decoder layer compiled: minutes less than the whole model)
 # static:  bench --preset llama2-7b ... --static-cache (all three modes, model scope)
 # growing: bench --preset llama2-7b ... (all three modes, transformers' own growing cache, model scope)
@@ -26,6 +26,8 @@ PARTS=${PARTS:-"tiny layers"}
 DEVICE=${DEVICE:-cuda}
 BENCH=${BENCH:-"--preset llama2-7b --dtype float16 --batch-size 4 --input-len 1024 --max-new-tokens 256"}
 MODE_TIMEOUT=${MODE_TIMEOUT:-240}
+TINY_SCOPES=${TINY_SCOPES:-"model layers"}
+TINY_MODES=${TINY_MODES:-eager,max-autotune,reduce-overhead}
 SITE=${SITE:-/tmp/site}
 REFERENCE=${REFERENCE:-/tmp/reference}
 mkdir -p "$OUT" "$WORK"
@@ -48,18 +50,20 @@ for part in $PARTS; do
     log "tiny model on $DEVICE"
     common=(tests/workers/generate.py --kv-heads 2 --new-tokens 32 --device "$DEVICE")
     PYTHONPATH=$REFERENCE:$SITE "$PY" "${common[@]}" --modes reference > "$WORK/tiny-reference.json" 2> "$WORK/tiny-reference.log"
-    for scope in model layers; do
-      LLAMA_GRAPH_PATCH_COMPILE_SCOPE=$scope LLAMA_GRAPH_PATCH_STATIC_CACHE=0 "$PY" "${common[@]}" \
+    export LLAMA_GRAPH_PATCH_STRICT=1  # a compile error fails the run, with its traceback in the log
+    for scope in $TINY_SCOPES; do
+      LLAMA_GRAPH_PATCH_COMPILE_SCOPE=$scope LLAMA_GRAPH_PATCH_STATIC_CACHE=0 "$PY" "${common[@]}" --modes "$TINY_MODES" \
         > "$WORK/tiny-growing-$scope.json" 2> "$WORK/tiny-growing-$scope.log"
-      LLAMA_GRAPH_PATCH_COMPILE_SCOPE=$scope LLAMA_GRAPH_PATCH_STATIC_CACHE=1 "$PY" "${common[@]}" --forbid-recompiles \
-        > "$WORK/tiny-static-$scope.json" 2> "$WORK/tiny-static-$scope.log"
+      LLAMA_GRAPH_PATCH_COMPILE_SCOPE=$scope LLAMA_GRAPH_PATCH_STATIC_CACHE=1 "$PY" "${common[@]}" --modes "$TINY_MODES" \
+        --forbid-recompiles > "$WORK/tiny-static-$scope.json" 2> "$WORK/tiny-static-$scope.log"
     done
-    "$PY" - "$WORK" <<'EOF' | tee "$OUT/tiny-summary.txt"
+    unset LLAMA_GRAPH_PATCH_STRICT
+    "$PY" - "$WORK" "$TINY_SCOPES" <<'EOF' | tee "$OUT/tiny-summary.txt"
 import json, sys
 out = sys.argv[1]
 tokens = lambda run: [call["tokens"] for call in run["calls"]]
 reference = tokens(json.load(open(f"{out}/tiny-reference.json"))["reference"])
-for name in ("growing-model", "static-model", "growing-layers", "static-layers"):
+for name in (f"{cache}-{scope}" for scope in sys.argv[2].split() for cache in ("growing", "static")):
     try:
         results = json.load(open(f"{out}/tiny-{name}.json"))
     except (OSError, ValueError) as error:
@@ -68,13 +72,14 @@ for name in ("growing-model", "static-model", "growing-layers", "static-layers")
     for mode, run in results.items():
         graphs = [call["graphs_per_step"][-1] for call in run["calls"]]
         print(f"{name}, {mode}: tokens identical to unpatched transformers: {tokens(run) == reference}; "
-              f"graphs after each call: {graphs}; static cache: {run['static_cache']}")
+              f"graphs after each call: {graphs}; static cache: {run['static_cache']}; CUDA graphs: {run['cuda_graphs']}")
 EOF
     ;;
   layers)
-    log "bench, both caches, per-layer scope"
-    modes=eager,reduce-overhead@layers,max-autotune@layers,eager+static,reduce-overhead+static@layers,max-autotune+static@layers
-    "$PY" -m patcher bench $BENCH --modes "$modes" --runs 2 --mode-timeout "$MODE_TIMEOUT" \
+    log "bench, both caches, per-layer scope, each compiled mode with an empty compile cache (--cold)"
+    # the report is rewritten after every mode: a call cut off by its time limit keeps the modes that ended
+    modes=${LAYERS_MODES:-eager,reduce-overhead@layers,eager+static,reduce-overhead+static@layers,max-autotune+static@layers,max-autotune@layers}
+    "$PY" -m patcher bench $BENCH --modes "$modes" --cold --runs "${RUNS:-1}" --mode-timeout "$MODE_TIMEOUT" \
       --output-json "$OUT/bench-layers.json" --output-md "$OUT/bench-layers.md" 2> "$WORK/bench-layers.log"
     log "bench layers exit code $?"
     ;;

@@ -105,8 +105,18 @@ def run_mode(mode, args):
         "static_cache": "llama_graph_patch_kv_cache" in model.__dict__,
         "compile_cache": cache and {"state": cache["state"], "path": cache["path"]},
         "layers_after": sorted({type(layer).__name__ for layer in model.model.layers}),
+        "cuda_graphs": cuda_graphs(args.device),
         "timing": timing_records(timing),
     }
+
+
+def cuda_graphs(device):
+    """On a GPU machine (where this tool is installed): the CUDA graphs inductor recorded."""
+    if device != "cuda":
+        return None
+    from patcher.bench.worker import cuda_graphs_recorded
+
+    return cuda_graphs_recorded(torch.device(device))
 
 
 def main():
