@@ -67,3 +67,31 @@ def test_on_npu_the_cache_is_written_with_scatter_update(static_site):
     # one int64 start per batch row, the sequence axis of a (batch, heads, seq, dim) cache
     assert write["scatter_updates"] == [[[5, 5], 2, [2, 3, 1, 4]]]
     assert write["same_as_index_copy"] is True
+
+
+KV_CACHE_KEY_PROBE = """
+import json, torch
+from tiny import tiny_llama
+from transformers.generation import utils
+model = tiny_llama(2)
+utils._llama_graph_patch_compile(model, torch.ones(1, 4, dtype=torch.long))  # opens the compile cache, compiles nothing
+cache = model.__dict__["_llama_graph_patch"]["cache"]
+print(json.dumps({"kv_cache": cache["key"]["kv_cache"], "file": cache["path"]}))
+"""
+
+
+@pytest.mark.parametrize("site_name", ["graph_mode_site", "static_site"])
+def test_the_compile_cache_keeps_static_and_growing_graphs_apart(request, site_name, tmp_path):
+    """A +static mode and a growing-cache mode of one model compile different graphs: one artifact file each."""
+    site = request.getfixturevalue(site_name)
+    keys = {}
+    for switch in ("1", "0"):
+        env = {"EXE_MODE": "dynamo", "LLAMA_GRAPH_PATCH_STATIC_CACHE": switch, "LLAMA_GRAPH_PATCH_CACHE": str(tmp_path)}
+        result = run_python(["-c", KV_CACHE_KEY_PROBE], site, WORKERS, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        keys[switch] = json.loads(result.stdout)
+    if site_name == "static_site":
+        assert (keys["1"]["kv_cache"], keys["0"]["kv_cache"]) == ("static", "growing")
+        assert keys["1"]["file"] != keys["0"]["file"]
+    else:  # without the static-cache patch the switch changes nothing
+        assert keys["1"] == keys["0"] and keys["1"]["kv_cache"] == "growing"

@@ -91,7 +91,12 @@ def _llama_graph_patch_compile(model, input_ids):
     if scope == "layers" and key in state["compiled"] and not state["compiled"][key].is_current():
         del state["compiled"][key]  # compile the layers the model holds now (dynamo reuses what fits)
     if key not in state["compiled"]:
-        description = {"graph_mode": graph_mode, "backend": backend, "scope": scope}
+        description = {
+            "graph_mode": graph_mode,
+            "backend": backend,
+            "scope": scope,
+            "kv_cache": _llama_graph_patch_kv_cache_kind(model),
+        }
         cache = _llama_graph_patch_open_compile_cache(model, input_ids.device, description)
         state["caches"][key] = state["cache"] = cache  # "cache": the latest opened, for reports
         state["compiled"][key] = _llama_graph_patch_compiled_model(model, scope, options, device_type)
@@ -100,6 +105,15 @@ def _llama_graph_patch_compile(model, input_ids):
         # their LlamaModel prepares the mask the eager way instead and hands it to the same SDPA attention.
         state["sdpa_masks"] = [module for module in model.modules() if getattr(module, "_use_sdpa", False) is True]
     return _LlamaGraphPatchRunner(model, state["compiled"][key], state["caches"][key], state, budget, strict)
+
+
+def _llama_graph_patch_kv_cache_kind(model):
+    """"static" where the static-cache patch hands this model its fixed-size cache, else "growing". Their
+    graphs differ, so the compile cache keeps them in separate files rather than one replacing the other."""
+    if getattr(model, "llama_graph_patch_static_cache", None) is None:
+        return "growing"
+    enabled = _llama_graph_patch_setting("LLAMA_GRAPH_PATCH_STATIC_CACHE", "1", ("1", "0"))
+    return "static" if enabled == "1" else "growing"
 
 
 def _llama_graph_patch_runs_eager(model, method):
