@@ -79,7 +79,8 @@ EOF
     log "bench, both caches, per-layer scope, each compiled mode with an empty compile cache (--cold)"
     # the report is rewritten after every mode: a call cut off by its time limit keeps the modes that ended
     modes=${LAYERS_MODES:-eager,reduce-overhead@layers,eager+static,reduce-overhead+static@layers,max-autotune+static@layers,max-autotune@layers}
-    "$PY" -m patcher bench $BENCH --modes "$modes" --cold --runs "${RUNS:-1}" --mode-timeout "$MODE_TIMEOUT" \
+    TORCH_LOGS=recompiles "$PY" -m patcher bench $BENCH --modes "$modes" --cold --runs "${RUNS:-1}" \
+      --mode-timeout "$MODE_TIMEOUT" --keep-logs "$WORK/bench-layers-workers" \
       --output-json "$OUT/bench-layers.json" --output-md "$OUT/bench-layers.md" 2> "$WORK/bench-layers.log"
     log "bench layers exit code $?"
     ;;

@@ -103,10 +103,12 @@ def test_a_failing_mode_is_reported_and_the_others_still_run(graph_mode_site, em
     result = bench(
         graph_mode_site, embedded,
         "--modes", "eager,max-autotune", "--batch-size", "2", "--input-len", "16", "--max-new-tokens", "4",
-        "--output-json", str(report_path),
+        "--output-json", str(report_path), "--keep-logs", str(tmp_path / "logs"),
         env={"LLAMA_GRAPH_PATCH_INDUCTOR_MODE": "turbo"},  # makes the dynamo mode raise at its first generate
     )
     assert result.returncode == 8, result.stderr[-3000:]
+    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == ["eager.log", "max-autotune.log"]
+    assert "LLAMA_GRAPH_PATCH_INDUCTOR_MODE='turbo'" in (tmp_path / "logs" / "max-autotune.log").read_text()
     assert "1 of 2 modes failed" in result.stderr.strip().splitlines()[-1]
     report = json.loads(report_path.read_text())
     assert report["modes"]["eager"]["status"] == "ok"
@@ -126,7 +128,10 @@ def test_the_report_is_written_after_each_mode(graph_mode_site, embedded, tiny_c
         "bench", "--model-path", str(tiny_checkpoint), "--modes", "eager,max-autotune", "--cold", "--batch-size", "1",
         "--input-len", "8", "--max-new-tokens", "2", "--output-json", str(report_path),
     ]
-    environment = {**os.environ, **python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(embedded)}
+    (tmp_path / "tmp").mkdir()  # the worker folder a killed bench leaves behind
+    environment = {
+        **os.environ, **python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(embedded), "TMPDIR": str(tmp_path / "tmp"),
+    }
     executable = Path(sys.executable).with_name("llama-graph-patch")
     with subprocess.Popen([str(executable), *arguments], env=environment, start_new_session=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as bench_process:

@@ -67,6 +67,12 @@ def add_bench_parser(commands) -> None:
     out.add_argument("--output-json", metavar="PATH")
     out.add_argument("--output-md", metavar="PATH")
     out.add_argument("--plot", metavar="PATH", help="PNG of per-step latency (needs matplotlib)")
+    out.add_argument(
+        "--keep-logs",
+        metavar="DIR",
+        help="copy each mode's worker log (its stderr: warnings, and torch's own logs such as TORCH_LOGS=recompiles) "
+        "into DIR, also when every mode succeeds",
+    )
     bench.set_defaults(run=run_bench)
 
 
@@ -106,6 +112,10 @@ def run_bench(args: argparse.Namespace) -> int:
         return results
 
     runs = runner.run_modes(modes, setup.plan, plan_path, folder, args.mode_timeout, finished=write_reports)
+    if args.keep_logs:
+        Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+        for run in runs:
+            shutil.copyfile(run.log_path, Path(args.keep_logs) / run.log_path.name)
     results = write_reports(runs)
     print(report.console_table(results))
     if args.plot:
