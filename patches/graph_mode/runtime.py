@@ -351,7 +351,7 @@ class _LlamaGraphPatchRunner(object):
         self.__eager = True
         name = type(self.__model).__name__
         graphs = self.__state["graphs"]
-        if self.__state["graphs"] >= self.__budget:
+        if graphs >= self.__budget:
             cause = "it holds %d compiled graphs, LLAMA_GRAPH_PATCH_MAX_GRAPHS=%d" % (graphs, self.__budget)
             fix = "raise LLAMA_GRAPH_PATCH_MAX_GRAPHS to compile more call patterns"
         elif "recompile" in type(error).__name__.lower() or "recompile_limit" in str(error):
@@ -403,14 +403,11 @@ def _llama_graph_patch_ordinary(value):
     """`value` with every inference tensor in it (also inside tuples, lists and dicts) replaced by an
     ordinary copy. Call outside inference mode."""
     import torch
+    from torch.utils import _pytree
 
-    if isinstance(value, torch.Tensor):
-        return value.clone() if value.is_inference() else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_llama_graph_patch_ordinary(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _llama_graph_patch_ordinary(item) for key, item in value.items()}
-    return value
+    return _pytree.tree_map(
+        lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) and leaf.is_inference() else leaf, value
+    )
 
 
 def _llama_graph_patch_contiguous_cache(outputs):
