@@ -5,8 +5,8 @@ Same rules as runtime.py. Everything lives under the tool's cache root, LLAMA_GR
 
     compile/inductor/            inductor's own on-disk caches (TORCHINDUCTOR_CACHE_DIR, unless already set)
     compile/artifacts/KEY.bin    torch.compiler.save_cache_artifacts() output, one file per model shape,
-                                 dtype, device, mode, scope and torch version: a JSON header line, then
-                                 the artifact bytes
+                                 dtype, device, mode, scope, KV cache and torch version: a JSON header
+                                 line, then the artifact bytes
 
 An artifact file is loaded before the model's first compile in a process and written after a generate
 call that compiled, whole (a temporary file renamed over it) and under an flock, so processes sharing the
@@ -112,7 +112,7 @@ def _llama_graph_patch_read_artifacts(path, key):
         stored = header.get("key") or {}
         if isinstance(stored, dict) and stored.get("torch") != key["torch"]:
             raise ValueError("stale: written by torch %s, this is torch %s" % (stored.get("torch"), key["torch"]))
-        raise ValueError("foreign: written for another model, dtype, device, mode or scope")
+        raise ValueError("foreign: written for another model, dtype, device, mode, scope or KV cache")
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise ValueError("damaged: its bytes do not match the checksum in its header")
     return payload
