@@ -81,5 +81,5 @@ def patch_files(
         shown_as = str(site / relative) if site else None
         contents[relative], chosen = patch_file_and_methods(relative, source, patches, version, shown_as)
         for name, layout in chosen.items():
-            methods[name] = {**methods.get(name, {}), **{kind: names for kind, names in layout.items()}}
+            methods[name] = {**methods.get(name, {}), **layout}
     return contents, methods

@@ -7,12 +7,10 @@ run the single mode they name, so the guide's commands work with `llama-graph-pa
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import shutil
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -100,9 +98,7 @@ def run_bench(args: argparse.Namespace) -> int:
         interleave=args.interleave,
         cold=args.cold,
     )
-    folder = Path(tempfile.mkdtemp(prefix="llama-graph-patch-bench-"))
-    plan_path = folder / "plan.json"
-    plan_path.write_text(json.dumps(setup.plan), encoding="utf-8")
+    folder, plan_path = runner.work_folder(setup.plan, "bench")
 
     def write_reports(runs: list[runner.ModeRun]) -> dict:
         results = build_report(runs, modes, setup)

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,14 @@ class ModeRun:
         if not self.timing_path.exists():
             return []
         return [json.loads(line) for line in self.timing_path.read_text(encoding="utf-8").splitlines()]
+
+
+def work_folder(plan: dict, purpose: str) -> tuple[Path, Path]:
+    """A fresh folder for the workers' files (results, timing, logs), holding the plan they read."""
+    folder = Path(tempfile.mkdtemp(prefix=f"llama-graph-patch-{purpose}-"))
+    plan_path = folder / "plan.json"
+    plan_path.write_text(json.dumps(plan), encoding="utf-8")
+    return folder, plan_path
 
 
 def run_modes(

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from patcher.bench import runner
@@ -48,9 +47,7 @@ def run_warm(args: argparse.Namespace) -> int:
     if not all(mode.compiles for mode in modes):
         raise UsageError(f"--modes {args.modes}: eager compiles nothing, so there is nothing to warm")
     setup = prepare(args, any(mode.static_cache for mode in modes), warmup_runs=1, runs=0, interleave=False, cold=False)
-    folder = Path(tempfile.mkdtemp(prefix="llama-graph-patch-warm-"))
-    plan_path = folder / "plan.json"
-    plan_path.write_text(json.dumps(setup.plan), encoding="utf-8")
+    folder, plan_path = runner.work_folder(setup.plan, "warm")
     stored = compile_folder()
     rows = []
     for mode in modes:
