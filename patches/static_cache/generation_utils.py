@@ -37,8 +37,7 @@ def _llama_graph_patch_without_static_cache(model, method):
     """At the start of a beam search: if the static cache would have served this call, say that it does not."""
     import logging
 
-    enabled = _llama_graph_patch_setting("LLAMA_GRAPH_PATCH_STATIC_CACHE", "1", ("1", "0"))
-    if enabled == "1" and getattr(model, "llama_graph_patch_static_cache", None) is not None:
+    if _llama_graph_patch_kv_cache_kind(model) == "static":
         logging.getLogger("llama_graph_patch").warning(
             "llama-graph-patch: no static KV cache for %s: beams reorder the cache every step; this call uses "
             "transformers' growing cache",
