@@ -18,7 +18,9 @@ $(DEPS): pyproject.toml Makefile
 		"setuptools>=77" wheel
 	touch $(DEPS)
 
+# build/ goes first: setuptools would ship files from it that the source tree no longer has.
 install: $(DEPS)
+	rm -rf build
 	$(BIN)/pip install -q --no-deps --no-build-isolation --force-reinstall .
 
 # loadgroup: tests sharing an expensive module fixture (xdist_group) run in one worker, which builds it once.
