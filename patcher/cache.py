@@ -4,8 +4,8 @@
         embedded-tiny-llama-*/     the bench's embedded model
         compile/                   compile artifacts the patched transformers keeps (see README)
 
-The patched transformers computes the same root itself (patches/graph_mode/compile_cache.py), since it
-may not import this tool.
+The patched transformers computes the same root itself (cache_root in patches/graph_mode/_llama_graph_patch.py),
+since it may not import this tool.
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ class Edit:
 
 
 @dataclass(frozen=True)
+class Addition:
+    file: str  # path inside site-packages of a module the patch adds, e.g. transformers/generation/_llama_graph_patch.py
+    source: str  # the file inside patches/ copied there byte for byte
+
+
+@dataclass(frozen=True)
 class Patch:
     name: str
     summary: str
@@ -25,6 +31,7 @@ class Patch:
     requires: tuple[str, ...]
     # where ranges of releases keep the decoding methods the patch edits, by what it does with them
     methods: tuple[tuple[SpecifierSet, dict[str, tuple[str, ...]]], ...]
+    adds: tuple[Addition, ...]
     edits: tuple[Edit, ...]
 
     def verified_on(self, version: str) -> bool:
@@ -53,6 +60,7 @@ def load_catalog() -> dict[str, Patch]:
             releases=tuple(entry["releases"]),
             requires=tuple(entry["requires"]),
             methods=tuple((SpecifierSet(specifier), dict(layout)) for specifier, layout in entry["methods"]),
+            adds=tuple(Addition(*addition) for addition in entry["adds"]),
             edits=tuple(Edit(*edit) for edit in entry["edits"]),
         )
         for entry in entries
@@ -78,5 +86,11 @@ def resolve(names: list[str]) -> list[Patch]:
 
 
 def files_of(patches: list[Patch]) -> list[str]:
-    """The files a set of patches edits, in the order they first appear."""
-    return list(dict.fromkeys(edit.file for patch in patches for edit in patch.edits))
+    """The files a set of patches edits or adds, in the order they first appear (edited files first)."""
+    edited = [edit.file for patch in patches for edit in patch.edits]
+    return list(dict.fromkeys([*edited, *added_files(patches)]))
+
+
+def added_files(patches: list[Patch]) -> list[str]:
+    """The modules a set of patches adds, which transformers itself does not have."""
+    return [addition.file for patch in patches for addition in patch.adds]

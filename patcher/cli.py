@@ -53,14 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
         "apply",
         parents=[target, locking],
         help="patch transformers (no-op if already patched)",
-        description="Patch generation/utils.py (graph mode and step timing in the decoding methods); with "
-        "--static-cache also modeling_llama.py (transformers 4.31.0 only). Running it again is a no-op; running it "
-        "with the other patch set switches.",
+        description="Patch generation/utils.py (graph mode and step timing in the decoding methods) and add its "
+        "runtime module; with --static-cache also modeling_llama.py and its module (transformers 4.31.0 only). "
+        "Running it again is a no-op; with the other patch set it switches; over a patch another version of this "
+        "tool wrote it updates that patch.",
     )
     apply.add_argument(
         "--static-cache", action="store_true", help="also give Llama a fixed-size KV cache (static-cache patch)"
     )
-    apply.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    apply.add_argument(
+        "--dry-run", action="store_true", help="say what would change; takes no lock and writes nothing"
+    )
     apply.add_argument(
         "--allow-untested",
         action="store_true",
@@ -73,12 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
         "revert",
         parents=[target, locking],
         help="restore the original files byte for byte",
-        description="Restore every patched file from its kept original and verify its SHA-256.",
+        description="Restore every patched file from its kept original and verify its SHA-256; delete the "
+        "modules apply added.",
     )
     revert.add_argument(
-        "--force", action="store_true", help="restore even if the patched files were changed since apply"
+        "--force",
+        action="store_true",
+        help="restore even if the patched files were changed since apply; delete runtime modules left without a record",
     )
-    revert.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    revert.add_argument(
+        "--dry-run", action="store_true", help="say what would change; takes no lock and writes nothing"
+    )
     revert.set_defaults(run=run_revert)
 
     status = commands.add_parser("status", parents=[target], help="say whether transformers is patched")
@@ -119,7 +127,7 @@ def run_revert(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    status = installer.inspect(find_target(args.python, args.site_packages))
+    status = installer.inspect(find_target(args.python, args.site_packages), compare=True)
     report = status.as_json()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -135,6 +143,11 @@ def run_status(args: argparse.Namespace) -> int:
         f"{name} {report[name + '_version'] or '-'}" for name in ("transformers", "torch", "torch_npu", "torchair")
     )
     print(f"versions: {versions}{'' if report['supported'] else ' (transformers version not supported)'}")
+    if status.record:
+        applied = f"applied by: llama-graph-patch {report['applied_tool_version']}"
+        if report["up_to_date"] is False:
+            applied += f"; this tool ({__version__}) writes other bytes: `llama-graph-patch apply` updates them"
+        print(applied)
     if report["tested"] is False:
         print(f"tested: false (applied with --allow-untested to transformers {report['transformers_version']})")
     if status.detail:

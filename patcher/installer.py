@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 from patcher import __version__
 from patcher.cache import cache_root, compile_folder, usage
-from patcher.catalog import Patch, files_of, load_catalog, resolve
+from patcher.catalog import Patch, added_files, files_of, load_catalog, resolve
 from patcher.errors import ModifiedSinceApply, UnexpectedCode
 from patcher.locate import Target
 from patcher.policy import check_supported, unsupported_reason, untested, untested_warning
-from patcher.transaction import FileRecord, Record, State, sha256
+from patcher.transaction import FileRecord, Record, State, digest
 from patcher.transform import patch_files
 
 # Every name the patches add contains this; its presence without a record means a foreign copy.
@@ -29,6 +29,8 @@ class Status:
     files: list[dict] = field(default_factory=list)  # per file: file, state, patches
     detail: str = ""  # why the state is `modified`, and what to do
     record: Record | None = None
+    stray: list[str] = field(default_factory=list)  # runtime modules of the patches that no record accounts for
+    up_to_date: bool | None = None  # patched: whether this tool writes the same bytes (inspect(compare=True))
 
     def methods(self) -> dict[str, dict[str, list[str]]]:
         """Per patch, what it does with which decoding method: as applied, or as apply would on this release."""
@@ -59,6 +61,9 @@ class Status:
             "torch_npu_version": versions.get("torch_npu"),
             "torchair_version": versions.get("torchair"),
             "tool_version": __version__,
+            "applied_tool_version": self.record.tool_version if self.record else None,
+            "up_to_date": self.up_to_date,
+            "stray": self.stray,
             "methods": self.methods(),
             "cache": cache_report(),
         }
@@ -66,9 +71,20 @@ class Status:
 
 @dataclass
 class Outcome:
-    message: str  # one line for the console
+    message: str  # for the console: one line, or with --dry-run one per step
     changed: bool
     warning: str | None = None  # one line for stderr: applied to a release the patches are not verified on
+
+
+@dataclass
+class Change:
+    """What apply or revert decided: the sentence for each of doing it and of --dry-run, and the files."""
+
+    done: str
+    would: str
+    contents: dict[str, bytes | None] | None = None  # what each file becomes (None: deleted); None: no change
+    record: Record | None = None  # the record afterwards
+    keep: dict[str, bytes] = field(default_factory=dict)  # originals to keep first
 
 
 def cache_report() -> dict:
@@ -87,8 +103,16 @@ def every_file() -> list[str]:
     return files_of(list(load_catalog().values()))
 
 
-def inspect(target: Target, state: State | None = None) -> Status:
-    """Read-only: which patches the target carries, and whether its files are as the record says."""
+def in_catalog_order(names) -> list[str]:
+    """`names` in the order the catalogue lists the files (a record keeps them sorted); files it no longer
+    lists (recorded by another version of the tool) last."""
+    order = every_file()
+    return sorted(names, key=lambda name: (order.index(name) if name in order else len(order), name))
+
+
+def inspect(target: Target, state: State | None = None, compare: bool = False) -> Status:
+    """Read-only: which patches the target carries, and whether its files are as the record says. With
+    `compare`, a patched target also says whether this tool would write the same bytes (runs the codemods)."""
     state = state or State(target.site_packages)
     record = state.record()
     if state.interrupted():
@@ -98,8 +122,13 @@ def inspect(target: Target, state: State | None = None) -> Status:
             record.patches if record else [],
             detail=f"an apply or revert in {target.site_packages} was interrupted; run it again to finish it",
         )
+    catalog = list(load_catalog().values())
+    stray = [
+        name for name in added_files(catalog)
+        if state.current(name) is not None and not (record and name in record.files)
+    ]
     if record is None:
-        foreign = [name for name in every_file() if MARKER in (state.current(name) or b"")]
+        foreign = [name for name in every_file() if name not in stray and MARKER in (state.current(name) or b"")]
         if foreign:
             return Status(
                 "modified",
@@ -110,14 +139,22 @@ def inspect(target: Target, state: State | None = None) -> Status:
                     "reinstall transformers (pip install --force-reinstall --no-deps "
                     f"transformers=={target.transformers_version}) and apply again"
                 ),
+                stray=stray,
+            )
+        if stray:
+            return Status(
+                "modified",
+                target,
+                files=[{"file": name, "state": "stray", "patches": []} for name in stray],
+                detail=stray_detail(target, state, stray),
+                stray=stray,
             )
         return Status("unpatched", target)
 
     files, problems = [], []
-    for name, hashes in record.files.items():
-        current = state.current(name)
-        digest = sha256(current) if current is not None else None
-        if digest == hashes.patched_sha256:
+    for name in in_catalog_order(record.files):
+        hashes, current = record.files[name], state.current(name)
+        if digest(current) == hashes.patched_sha256:
             file_state = "patched"
         else:
             file_state = "modified"
@@ -125,135 +162,193 @@ def inspect(target: Target, state: State | None = None) -> Status:
                 "is missing"
                 if current is None
                 else "equals the original again (was transformers reinstalled?)"
-                if digest == hashes.original_sha256
+                if digest(current) == hashes.original_sha256
                 else "was edited"
             )
             problems.append(f"{target.path(name)} {why}")
         patches = [patch.name for patch in resolve(record.patches) if name in files_of([patch])]
         files.append({"file": name, "state": file_state, "patches": patches})
-    if not problems:
-        return Status("patched", target, record.patches, files, record=record)
-    return Status(
-        "modified",
-        target,
-        record.patches,
-        files,
-        record=record,
-        detail=(
+    if problems or stray:
+        # What a reinstall of transformers leaves behind, and revert --force deletes.
+        modules = [str(target.path(name)) for name, hashes in record.files.items()
+                   if hashes.original_sha256 is None and state.current(name) is not None]
+        detail = (
             f"{'; '.join(problems)} since llama-graph-patch applied {'+'.join(record.patches)} to transformers "
             f"{record.transformers_version}. Nothing was touched. `llama-graph-patch revert --force` puts the "
             "kept originals back (and drops the record if transformers is now another version)"
-        ),
+            + (f" and deletes {', '.join(modules)}" if modules else "")
+            if problems
+            else stray_detail(target, state, stray)
+        )
+        return Status("modified", target, record.patches, files, detail, record, stray)
+    status = Status("patched", target, record.patches, files, record=record)
+    if compare:
+        status.up_to_date = writes_the_same(target, state, record)
+    return status
+
+
+def stray_detail(target: Target, state: State, stray: list[str]) -> str:
+    return (
+        f"{', '.join(str(target.path(name)) for name in stray)}: a llama-graph-patch runtime module that no record in "
+        f"{state.root} accounts for (reinstalling transformers leaves it behind). `llama-graph-patch revert --force` "
+        "deletes it"
     )
+
+
+def writes_the_same(target: Target, state: State, record: Record) -> bool:
+    """Whether this tool, applying the recorded patches to the kept originals, writes the recorded bytes."""
+    patches = resolve(record.patches)
+    if set(files_of(patches)) != set(record.files):
+        return False
+    originals = {name: state.original(name, record) for name in record.files}
+    try:
+        contents = patch_files(originals, patches, target.transformers_version)[0]
+    except UnexpectedCode:
+        return False
+    return all(digest(contents[name]) == hashes.patched_sha256 for name, hashes in record.files.items())
 
 
 def apply(
     target: Target, names: list[str], dry_run: bool = False, lock_timeout: float = 60, allow_untested: bool = False
 ) -> Outcome:
-    """Make the target carry exactly `names` (plus what they require): patch, switch, or do nothing.
-    A release the patches are not verified on is refused (exit 3) unless `allow_untested`."""
+    """Make the target carry exactly what this tool writes for `names` (plus what they require): patch,
+    switch, update another version's patch, or do nothing. A release the patches are not verified on is
+    refused (exit 3) unless `allow_untested`. `dry_run` takes no lock and writes nothing."""
     patches = resolve(names)
     tested = check_supported(target, patches, allow_untested)
     warning = None if tested else untested_warning(target, patches)
-    wanted = [patch.name for patch in patches]
-    state = State(target.site_packages)
-    with state.locked(lock_timeout):
-        state.recover(every_file())
-        status = inspect(target, state)
-        if status.state == "modified":
-            raise ModifiedSinceApply(status.detail)
-        record = state.record()
-        if record and record.patches == wanted:
-            return Outcome(f"already applied: {describe(target, wanted)}", changed=False, warning=warning)
-        if record:  # switching from other patches: start again from the kept originals
-            originals = {name: state.original(name, record) for name in record.files}
-        else:
-            originals = {}
-        for name in files_of(patches):
-            if name not in originals:
-                originals[name] = target.path(name).read_bytes()
-        contents, methods = patched(target, originals, patches)
-        edited = files_of(patches)
-        new_record = Record(
-            patches=wanted,
-            transformers_version=target.transformers_version,
-            tool_version=__version__,
-            files={name: FileRecord(sha256(originals[name]), sha256(contents[name])) for name in edited},
-            tested=tested,
-            methods={patch: {kind: list(names) for kind, names in layout.items()} for patch, layout in methods.items()},
-        )
-        verb = f"switched from {'+'.join(record.patches)} to" if record else "patched"
-        if dry_run:
-            message = f"would have {verb}: {describe(target, wanted)} ({changes(originals, contents)})"
-            return Outcome(message, False, warning)
-        keep = {name: data for name, data in originals.items() if not (record and name in record.files)}
-        state.commit(contents, new_record, keep)
-        return Outcome(f"{verb}: {describe(target, wanted)} ({changes(originals, contents)})", True, warning)
+    return carry_out(target, lambda state: plan_apply(target, state, patches, tested), dry_run, lock_timeout, warning)
 
 
 def revert(target: Target, force: bool = False, dry_run: bool = False, lock_timeout: float = 60) -> Outcome:
-    """Put the kept originals back, verified byte for byte, and drop the records."""
+    """Put the kept originals back, verified byte for byte, delete the modules the patches added, and drop
+    the records. `dry_run` takes no lock and writes nothing."""
+    return carry_out(target, lambda state: plan_revert(target, state, force), dry_run, lock_timeout)
+
+
+def carry_out(target: Target, plan, dry_run: bool, lock_timeout: float, warning: str | None = None) -> Outcome:
+    """Decide with `plan` and commit the change under the lock, after finishing an interrupted one; or, for
+    a dry run, decide against a preview of the site as that recovery would leave it, and say what would happen."""
     state = State(target.site_packages)
+    if dry_run:
+        preview, steps = state.recovery_preview(every_file())
+        change = plan(preview)
+        return Outcome("\n".join([*steps, change.would]), False, warning)
     with state.locked(lock_timeout):
         state.recover(every_file())
-        status = inspect(target, state)
-        record = state.record()
-        if status.state == "modified" and not force:
+        change = plan(state)
+        if change.contents is not None:
+            state.commit(change.contents, change.record, change.keep)
+    return Outcome(change.done, change.contents is not None, warning)
+
+
+def plan_apply(target: Target, state: State, patches: list[Patch], tested: bool) -> Change:
+    status = inspect(target, state)
+    if status.state == "modified":
+        raise ModifiedSinceApply(status.detail)
+    record = state.record()
+    wanted = [patch.name for patch in patches]
+    # From the pristine files: the kept originals of what is patched now, the files as they are for the rest.
+    originals = {name: state.original(name, record) for name in in_catalog_order(record.files)} if record else {}
+    for name in files_of(patches):
+        if name not in originals:
+            originals[name] = state.current(name)
+    contents, methods = patched(target, originals, patches)
+    new_record = Record(
+        patches=wanted,
+        transformers_version=target.transformers_version,
+        tool_version=__version__,
+        files={name: FileRecord(digest(originals[name]), digest(contents[name])) for name in files_of(patches)},
+        tested=tested,
+        methods={patch: {kind: list(names) for kind, names in layout.items()} for patch, layout in methods.items()},
+    )
+    summary = describe(target, wanted)
+    if record and record.patches == wanted and record.files == new_record.files:
+        return Change(f"already applied: {summary}", f"already applied, nothing would change: {summary}")
+    if record and record.patches == wanted:
+        verb = f"updated llama-graph-patch {record.tool_version}'s patch to {__version__}'s"
+    elif record:
+        verb = f"switched from {'+'.join(record.patches)} to"
+    else:
+        verb = "patched"
+    sizes = changes(originals, contents)
+    keep = {
+        name: data for name, data in originals.items() if data is not None and not (record and name in record.files)
+    }
+    return Change(f"{verb}: {summary} ({sizes})", f"would have {verb}: {summary} ({sizes})", contents, new_record, keep)
+
+
+def plan_revert(target: Target, state: State, force: bool) -> Change:
+    status = inspect(target, state)
+    record = state.record()
+    if status.state == "modified" and not force:
+        raise ModifiedSinceApply(status.detail)
+    deleted = {name: None for name in status.stray}
+    if record is None:
+        if any(entry["state"] == "modified" for entry in status.files):  # foreign patched code, nothing kept
             raise ModifiedSinceApply(status.detail)
-        if record is None:
-            if status.state == "modified":  # foreign patched code, nothing kept to restore
-                raise ModifiedSinceApply(status.detail)
-            return Outcome(f"not patched, nothing to revert: transformers in {target.site_packages}", changed=False)
-        if record.transformers_version != target.transformers_version:
-            # The files now belong to another transformers release; our originals would break it.
-            if not dry_run:
-                state.forget()
-            return Outcome(
-                f"{'would drop' if dry_run else 'dropped'} the record of {'+'.join(record.patches)}: transformers is "
-                f"now {target.transformers_version}, the kept originals were of {record.transformers_version}; "
-                "its files were left as they are",
-                changed=not dry_run,
-            )
-        originals = {name: state.original(name, record) for name in record.files}
-        verb = "would revert" if dry_run else "reverted"
-        if not dry_run:
-            state.commit(originals, None, keep={})
-        return Outcome(
-            f"{verb} {'+'.join(record.patches)}: {', '.join(originals)} restored byte for byte in "
-            f"{target.site_packages}",
-            changed=not dry_run,
+        if not deleted:
+            message = f"not patched, nothing to revert: transformers in {target.site_packages}"
+            return Change(message, message)
+        names = ", ".join(deleted)
+        return Change(f"deleted {names} in {target.site_packages}", f"would delete {names} in {target.site_packages}",
+                      deleted)
+    if record.transformers_version != target.transformers_version:
+        # The files now belong to another transformers release; our originals would break it. The modules
+        # the patches added are ours alone: those go.
+        added = {name: None for name, hashes in record.files.items() if hashes.original_sha256 is None}
+        deleted.update({name: None for name in added if state.current(name) is not None})
+        also = f"; deleted {', '.join(deleted)}" if deleted else ""
+        reason = (
+            f"the record of {'+'.join(record.patches)}: transformers is now {target.transformers_version}, the kept "
+            f"originals were of {record.transformers_version}; its files were left as they are"
         )
+        return Change(f"dropped {reason}{also}", f"would drop {reason}{also.replace('deleted', 'would delete')}", deleted)
+    originals = {name: state.original(name, record) for name in in_catalog_order(record.files)}
+    restored = ", ".join(name for name, data in originals.items() if data is not None)
+    removed = [name for name, data in originals.items() if data is None] + list(deleted)
+    also = f"; {', '.join(removed)} deleted" if removed else ""
+    where = f"{restored} restored byte for byte{also}, in {target.site_packages}"
+    patches = "+".join(record.patches)
+    return Change(f"reverted {patches}: {where}", f"would revert {patches}: {where}", {**originals, **deleted})
 
 
 def diff(target: Target, names: list[str], allow_untested: bool = False) -> str:
-    """The unified diff apply makes (unpatched target) or made (patched target)."""
+    """The unified diff apply makes (unpatched target) or made (patched target); added modules show as new
+    files."""
     state = State(target.site_packages)
     status = inspect(target, state)
     if status.state == "modified":
         raise ModifiedSinceApply(status.detail)
     record = state.record()
     if record:
-        before = {name: state.original(name, record) for name in record.files}
-        after = {name: target.path(name).read_bytes() for name in record.files}
+        before = {name: state.original(name, record) for name in in_catalog_order(record.files)}
+        after = {name: state.current(name) for name in before}
     else:
         patches = resolve(names)
         check_supported(target, patches, allow_untested)
-        before = {name: target.path(name).read_bytes() for name in files_of(patches)}
+        before = {name: state.current(name) for name in files_of(patches)}
         after = patched(target, before, patches)[0]
     return "".join(
         "".join(
             difflib.unified_diff(
-                before[name].decode("utf-8").splitlines(keepends=True),
-                after[name].decode("utf-8").splitlines(keepends=True),
-                fromfile=f"a/{name}",
-                tofile=f"b/{name}",
+                lines(before[name]),
+                lines(after[name]),
+                fromfile=f"a/{name}" if before[name] is not None else "/dev/null",
+                tofile=f"b/{name}" if after[name] is not None else "/dev/null",
             )
         )
         for name in before
     )
 
 
-def patched(target: Target, originals: dict[str, bytes], patches: list[Patch]) -> tuple[dict[str, bytes], dict]:
+def lines(data: bytes | None) -> list[str]:
+    return [] if data is None else data.decode("utf-8").splitlines(keepends=True)
+
+
+def patched(
+    target: Target, originals: dict[str, bytes | None], patches: list[Patch]
+) -> tuple[dict[str, bytes | None], dict]:
     """The patched bytes and the decoding methods each patch edited; a refusal names the transformers found
     and how to get the expected code back."""
     version = target.transformers_version
@@ -274,16 +369,18 @@ def describe(target: Target, patches: list[str]) -> str:
     return f"{'+'.join(patches)} on transformers {target.transformers_version} in {target.site_packages}"
 
 
-def changes(before: dict[str, bytes], after: dict[str, bytes]) -> str:
-    """'utils.py +120 -0, ...': lines added and removed per file."""
+def changes(before: dict[str, bytes | None], after: dict[str, bytes | None]) -> str:
+    """'utils.py +54 -0, _llama_graph_patch.py +520 -0 (new)': lines added and removed per file."""
     parts = []
     for name in before:
         added = removed = 0
-        old, new = before[name].decode("utf-8").splitlines(), after[name].decode("utf-8").splitlines()
+        old, new = [line.rstrip("\n") for line in lines(before[name])], [line.rstrip("\n") for line in lines(after[name])]
         for line in difflib.unified_diff(old, new, n=0, lineterm=""):
             if line.startswith("+") and not line.startswith("+++"):
                 added += 1
             elif line.startswith("-") and not line.startswith("---"):
                 removed += 1
-        parts.append(f"{name} +{added} -{removed}")
+        note = " (new)" if before[name] is None and after[name] is not None else ""
+        note = " (deleted)" if after[name] is None and before[name] is not None else note
+        parts.append(f"{name} +{added} -{removed}{note}")
     return ", ".join(parts)

@@ -6,15 +6,19 @@ Everything the tool records lives beside the patched files, never inside them:
         .llama-graph-patch.lock          held while any command changes files here
         .llama-graph-patch/
             record.json                  which patches are applied, SHA-256 of each original and patched file
+                                         (null for a file that is absent: a module the patches add)
             originals/<file>             the original bytes, kept until a revert has been verified
             journal.json                 only while a change is being committed
 
 A change is committed in this order: the originals are kept; each new file is written to a temporary
-file in its target's folder (fsynced, mode copied); a journal naming those files is written
-atomically; each target is replaced with os.replace and its stale bytecode removed; then the record.
-A crash before the journal leaves every target untouched (the next command sweeps the temporary
-files); a crash after it is rolled forward by the next command. Each file is at all times either its
-old bytes or its new bytes, and a permission error strikes before the journal, so it changes nothing.
+file in its target's folder (fsynced, mode copied); a journal naming those files and the files to
+delete is written atomically; the files that did not exist are moved into place first, then the others
+are replaced with os.replace, then the files to delete go, each time with its stale bytecode; then the
+record. So an import that a patched file adds never points at a missing module. A crash before the
+journal leaves every target untouched (the next command sweeps the temporary files); a crash after it
+is rolled forward by the next command. Each file is at all times either its old bytes or its new bytes
+(or absent, where it was or will be), and a permission error strikes before the journal, so it changes
+nothing.
 """
 
 from __future__ import annotations
@@ -44,8 +48,13 @@ def sha256(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class FileRecord:
-    original_sha256: str
-    patched_sha256: str
+    original_sha256: str | None  # None: the file did not exist before apply
+    patched_sha256: str | None  # None: apply leaves no such file
+
+
+def digest(data: bytes | None) -> str | None:
+    """SHA-256 of a file's bytes; None for an absent file."""
+    return None if data is None else sha256(data)
 
 
 @dataclass(frozen=True)
@@ -90,8 +99,11 @@ class State:
         path = self.site / relative
         return path.read_bytes() if path.exists() else None
 
-    def original(self, relative: str, record: Record) -> bytes:
-        """The kept original of a file, checked against the SHA-256 recorded when it was kept."""
+    def original(self, relative: str, record: Record) -> bytes | None:
+        """The kept original of a file, checked against the SHA-256 recorded when it was kept; None for a
+        file that did not exist before apply."""
+        if record.files[relative].original_sha256 is None:
+            return None
         path = self.root / "originals" / relative
         data = path.read_bytes() if path.exists() else b""
         if sha256(data) != record.files[relative].original_sha256:
@@ -138,8 +150,9 @@ class State:
                     leftover.unlink()
             return interrupted
 
-    def commit(self, contents: dict[str, bytes], record: Record | None, keep: dict[str, bytes]) -> None:
-        """Write `contents` (path inside site-packages -> bytes) as one transaction.
+    def commit(self, contents: dict[str, bytes | None], record: Record | None, keep: dict[str, bytes]) -> None:
+        """Write `contents` (path inside site-packages -> bytes, or None: the file must not exist) as one
+        transaction.
 
         `keep`: originals to keep before anything changes (files not patched until now).
         `record`: the record afterwards; None when the files go back to their originals (revert): the
@@ -148,33 +161,66 @@ class State:
         """
         with _os_errors_as_file_system_errors(self.site):
             first_apply = not (self.root / "record.json").exists()
-            replacements = []
+            creations, replacements, removals = [], [], []
             try:
                 for relative, data in keep.items():
                     _atomic_write(self.root / "originals" / relative, data)
                 for relative, data in contents.items():
                     target = self.site / relative
-                    if target.read_bytes() != data:
+                    current = self.current(relative)
+                    if data is None:
+                        if current is not None:
+                            removals.append(relative)
+                    elif current is None:
+                        temporary = _write_temporary(target, data, mode=_new_file_mode(target))
+                        creations.append({"file": relative, "temporary": temporary.name})
+                    elif current != data:
                         temporary = _write_temporary(target, data, mode=target.stat().st_mode & 0o7777)
                         replacements.append({"file": relative, "temporary": temporary.name})
             except BaseException:  # before the journal: undo everything, the targets were never touched
-                for entry in replacements:
+                for entry in creations + replacements:
                     (self.site / entry["file"]).parent.joinpath(entry["temporary"]).unlink()
                 if first_apply:
                     shutil.rmtree(self.root, ignore_errors=True)
                 raise
             journal = {
-                "replace": replacements,
-                "expect": {relative: sha256(data) for relative, data in contents.items()},
+                "replace": creations + replacements,
+                "remove": removals,
+                "expect": {relative: digest(data) for relative, data in contents.items()},
                 "record": json.loads(record.to_json()) if record else None,
             }
             _atomic_write(self.root / "journal.json", json.dumps(journal, indent=2).encode())
             self._roll_forward(journal)
 
-    def forget(self) -> None:
-        """Drop the record and the kept originals, leaving the target files as they are."""
-        with _os_errors_as_file_system_errors(self.site):
-            shutil.rmtree(self.root)
+    def recovery_preview(self, files: list[str]) -> tuple[State, list[str]]:
+        """Read-only: this site as recover() would leave it, and a sentence for each thing recover() would
+        do. For --dry-run, which takes no lock and writes nothing."""
+        steps = []
+        journal_path = self.root / "journal.json"
+        journal = json.loads(journal_path.read_text(encoding="utf-8")) if journal_path.exists() else None
+        if journal is not None:
+            finishing = f"apply of {'+'.join(journal['record']['patches'])}" if journal["record"] else "revert"
+            moved = [entry["file"] for entry in journal["replace"]
+                     if ((self.site / entry["file"]).parent / entry["temporary"]).exists()]
+            removed = journal.get("remove", [])
+            parts = [f"write {', '.join(moved)}"] if moved else []
+            parts += [f"delete {', '.join(removed)}"] if removed else []
+            steps.append(
+                f"would first finish the interrupted {finishing} recorded in {journal_path}"
+                + (f": {'; '.join(parts)}" if parts else "")
+            )
+        elif self.root.exists() and not (self.root / "record.json").exists():
+            steps.append(f"would first delete {self.root}, the originals kept by an apply that stopped before writing")
+        moving = {entry["temporary"] for entry in journal["replace"]} if journal else set()
+        leftovers = [
+            path
+            for folder in {(self.site / relative).parent for relative in files}
+            for path in folder.glob(f".*{TEMP_SUFFIX}")
+            if path.name not in moving
+        ]
+        if leftovers:
+            steps.append(f"would delete {len(leftovers)} temporary files an interrupted run left ({leftovers[0]}, ...)")
+        return _Recovered(self.site, journal), steps
 
     def _roll_forward(self, journal: dict) -> None:
         for entry in journal["replace"]:
@@ -184,8 +230,14 @@ class State:
                 os.replace(temporary, target)
                 _fsync_directory(target.parent)
                 _remove_bytecode(target)
+        for relative in journal.get("remove", []):
+            target = self.site / relative
+            if target.exists():
+                target.unlink()
+                _fsync_directory(target.parent)
+            _remove_bytecode(target)
         for relative, expected in journal["expect"].items():
-            if sha256(self.current(relative) or b"") != expected:
+            if digest(self.current(relative)) != expected:
                 raise FileSystemError(
                     f"{self.site / relative} does not read back as written (SHA-256 differs); the record and "
                     f"the kept originals in {self.root} are untouched. Run the command again"
@@ -199,6 +251,38 @@ class State:
             if kept.relative_to(self.root / "originals").as_posix() not in record.files:
                 kept.unlink()
         (self.root / "journal.json").unlink()
+
+
+class _Recovered(State):
+    """A site as recover() would leave it, read without writing: the journal's files count as moved into
+    place or deleted, and its record as written."""
+
+    def __init__(self, site_packages: Path, journal: dict | None) -> None:
+        super().__init__(site_packages)
+        self.journal = journal
+
+    def record(self) -> Record | None:
+        if self.journal is None:
+            return super().record()
+        return Record.from_json(json.dumps(self.journal["record"])) if self.journal["record"] else None
+
+    def interrupted(self) -> bool:
+        return False
+
+    def current(self, relative: str) -> bytes | None:
+        if self.journal is not None:
+            if relative in self.journal.get("remove", []):
+                return None
+            for entry in self.journal["replace"]:
+                temporary = (self.site / entry["file"]).parent / entry["temporary"]
+                if entry["file"] == relative and temporary.exists():
+                    return temporary.read_bytes()
+        return super().current(relative)
+
+    def _read_only(self, *args, **kwargs):
+        raise AssertionError("a preview of recovery takes no lock and writes nothing")
+
+    locked = recover = commit = _read_only
 
 
 def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
@@ -215,6 +299,12 @@ def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
         os.unlink(temporary)
         raise
     return Path(temporary)
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode of a file the patches add: that of its package's __init__.py, as the installer left it."""
+    package = path.parent / "__init__.py"
+    return package.stat().st_mode & 0o7777 if package.exists() else 0o644
 
 
 def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -1,5 +1,6 @@
-"""Turn original file bytes into patched bytes by running the patches' codemods. Pure: no I/O on the
-target, and the same input gives the same bytes wherever the file lives."""
+"""Turn original file bytes into patched bytes: run the patches' codemods on the files they edit, copy
+the modules they add. Pure: no I/O on the target, and the same input gives the same bytes wherever the
+file lives."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import libcst as cst
 from libcst.codemod import CodemodContext
 
-from patcher.catalog import Edit, Patch, files_of
+from patcher.catalog import Edit, Patch
 from patcher.codemods import COMMANDS
-from patcher.codemods.base import load_snippet
+from patcher.codemods.base import load_snippet, snippet_bytes
 from patcher.errors import UnexpectedCode
 
 
@@ -67,19 +68,27 @@ def apply_edits(tree: cst.Module, edits: list[Edit], methods: Methods, shown_as:
 
 
 def patch_files(
-    originals: dict[str, bytes], patches: list[Patch], version: str, site: Path | None = None
-) -> tuple[dict[str, bytes], dict[str, Methods]]:
-    """Patched bytes for every file in `originals` (files the patches do not edit come back unchanged),
-    and the decoding methods each patch edited. `site`, the site-packages the files come from, only names
-    them in error messages."""
-    edited = set(files_of(patches))
+    originals: dict[str, bytes | None], patches: list[Patch], version: str, site: Path | None = None
+) -> tuple[dict[str, bytes | None], dict[str, Methods]]:
+    """What every file in `originals` becomes (None: absent; a file the patches neither edit nor add
+    comes back as it was), and the decoding methods each patch edited. An added module must be absent
+    before. `site`, the site-packages the files come from, only names them in error messages."""
+    edited = {edit.file for patch in patches for edit in patch.edits}
+    sources = {addition.file: addition.source for patch in patches for addition in patch.adds}
     contents, methods = {}, {}
     for relative, source in originals.items():
-        if relative not in edited:
+        shown_as = str(site / relative) if site else relative
+        if relative in sources:
+            if source is not None:
+                raise UnexpectedCode(
+                    f"{shown_as} exists already, but transformers has no such file: the patch adds it and refuses to "
+                    "overwrite it"
+                )
+            contents[relative] = snippet_bytes(sources[relative])
+        elif relative in edited:
+            contents[relative], chosen = patch_file_and_methods(relative, source, patches, version, shown_as)
+            for name, layout in chosen.items():
+                methods[name] = {**methods.get(name, {}), **layout}
+        else:
             contents[relative] = source
-            continue
-        shown_as = str(site / relative) if site else None
-        contents[relative], chosen = patch_file_and_methods(relative, source, patches, version, shown_as)
-        for name, layout in chosen.items():
-            methods[name] = {**methods.get(name, {}), **layout}
     return contents, methods

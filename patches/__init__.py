@@ -1,16 +1,17 @@
 """The patches llama-graph-patch applies, as data.
 
 Each patch names the transformers releases it is verified on, where those releases keep the decoding
-methods it edits, and its edits. An edit is (file inside site-packages, codemod, snippet file in this
-folder[, which decoding methods it edits: a key of the patch's "methods"]). Snippet
-files are real Python that the codemods parse with libcst and copy from; nothing here is imported into
-transformers, and nothing in a snippet imports this tool, so a patched transformers keeps working after
-the tool is uninstalled.
+methods it edits, the runtime modules it adds and its edits. An addition is (file inside site-packages,
+module file in this folder), copied byte for byte. An edit is (file inside site-packages, codemod, snippet
+file in this folder[, which decoding methods it edits: a key of the patch's "methods"]). Snippet files are
+real Python that the codemods parse with libcst and copy from. Nothing here is imported into
+transformers, and nothing copied imports this tool, so a patched transformers keeps working after the
+tool is uninstalled.
 
-Edits to one file run in the order listed. A patch that touches several files is written so that any
-mix of patched and original files still runs: the static-cache code in generation/utils.py only
-switches on when modeling_llama.py offers `llama_graph_patch_static_cache`, and the code added to
-modeling_llama.py only runs for caches that generation/utils.py creates.
+The edits are hook lines and one import of the patch's runtime module; the code they call lives in that
+module. Edits to one file run in the order listed. Written files are committed in an order that keeps
+every import working (added modules first, removed ones last), and the static-cache code in
+generation/utils.py only switches on when modeling_llama.py offers `llama_graph_patch_static_cache`.
 """
 
 # Every transformers release the graph-mode patch is verified on, one by one (tests/test_releases.py):
@@ -62,6 +63,8 @@ STATIC_CACHE_METHODS = (
 
 UTILS = "transformers/generation/utils.py"
 MODELING = "transformers/models/llama/modeling_llama.py"
+GRAPH_MODE_RUNTIME = "transformers/generation/_llama_graph_patch.py"
+STATIC_CACHE_RUNTIME = "transformers/models/llama/_llama_graph_patch_static_cache.py"
 
 PATCHES = (
     {
@@ -70,10 +73,9 @@ PATCHES = (
         "releases": GRAPH_MODE_RELEASES,
         "requires": (),
         "methods": DECODING_METHODS,
+        "adds": ((GRAPH_MODE_RUNTIME, "graph_mode/_llama_graph_patch.py"),),
         "edits": (
-            (UTILS, "append-definitions", "graph_mode/runtime.py"),
-            (UTILS, "append-definitions", "graph_mode/compile_cache.py"),
-            (UTILS, "append-definitions", "graph_mode/step_timer.py"),
+            (UTILS, "insert-imports", "graph_mode/imports.py"),
             (UTILS, "insert-before-generation-loop", "graph_mode/generation_loop.py", "compiled"),
             (UTILS, "time-forward-call", "graph_mode/generation_loop.py", "compiled"),
             (UTILS, "insert-at-method-start", "graph_mode/eager_methods.py", "eager"),
@@ -85,11 +87,11 @@ PATCHES = (
         "releases": ("4.31.0",),
         "requires": ("graph-mode",),
         "methods": STATIC_CACHE_METHODS,
+        "adds": ((STATIC_CACHE_RUNTIME, "static_cache/_llama_graph_patch_static_cache.py"),),
         "edits": (
-            (MODELING, "append-definitions", "static_cache/modeling_llama_runtime.py"),
+            (MODELING, "insert-imports", "static_cache/imports.py"),
             (MODELING, "prepend-to-methods", "static_cache/modeling_llama.py"),
             (MODELING, "add-methods", "static_cache/modeling_llama.py"),
-            (UTILS, "append-definitions", "static_cache/generation_utils.py"),
             (UTILS, "insert-before-generation-loop", "static_cache/generation_loop.py", "static"),
             (UTILS, "insert-at-method-start", "static_cache/beam_methods.py", "growing"),
         ),

@@ -17,6 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).parent
 UTILS = "transformers/generation/utils.py"
 MODELING = "transformers/models/llama/modeling_llama.py"
+GRAPH_MODE_RUNTIME = "transformers/generation/_llama_graph_patch.py"
+STATIC_CACHE_RUNTIME = "transformers/models/llama/_llama_graph_patch_static_cache.py"
 # Stand-ins for the Ascend packages, and modules that make importing this tool fail.
 NPU_STANDINS = HERE / "npu_standins"
 POISON = HERE / "poison"
@@ -111,12 +113,14 @@ def only_insertions(original: bytes, patched: bytes) -> bool:
 
 
 def changed_methods(original: bytes, patched: bytes) -> tuple[set[str], list[str]]:
-    """The GenerationMixin methods whose code the patch changed, and the names it appended to the module;
-    asserts that nothing else changed."""
-    before, after = ast.parse(original), ast.parse(patched)
-    appended = after.body[len(before.body) :]
+    """The GenerationMixin methods whose code the patch changed, and the names its added top-level
+    imports bind; asserts that nothing else changed."""
+    before, after = ast.parse(original).body, ast.parse(patched).body
+    imports = [node for node in after if isinstance(node, ast.ImportFrom) and "llama_graph_patch" in ast.dump(node)]
+    after = [node for node in after if node not in imports]
+    assert len(before) == len(after), "top-level statements added or removed besides the imports"
     changed = set()
-    for old, new in zip(before.body, after.body):
+    for old, new in zip(before, after):
         if isinstance(old, ast.ClassDef) and old.name == "GenerationMixin":
             old_members = {getattr(node, "name", index): ast.dump(node) for index, node in enumerate(old.body)}
             new_members = {getattr(node, "name", index): ast.dump(node) for index, node in enumerate(new.body)}
@@ -124,7 +128,7 @@ def changed_methods(original: bytes, patched: bytes) -> tuple[set[str], list[str
             changed = {name for name in old_members if old_members[name] != new_members[name]}
         else:
             assert ast.dump(old) == ast.dump(new), f"line {old.lineno} changed"
-    return changed, [node.name for node in appended if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    return changed, [alias.asname or alias.name for node in imports for alias in node.names]
 
 
 def decoding_calls(source: bytes) -> dict[str, set[str]]:

@@ -7,9 +7,9 @@ from libcst.codemod import CodemodTest
 
 from patcher.codemods import (
     AddMethodsCommand,
-    AppendDefinitionsCommand,
     InsertAtMethodStartCommand,
     InsertBeforeGenerationLoopCommand,
+    InsertImportsCommand,
     PrependToMethodsCommand,
     TimeForwardCallCommand,
 )
@@ -300,55 +300,53 @@ class TestTimeForwardCall(CodemodTest):
             self.assertCodemod(before, before, GREEDY_SNIPPET, ["greedy_search"])
 
 
-DEFINITIONS = cst.parse_module(
+IMPORTS = cst.parse_module(
     '''"""Docstring, not copied."""
 
-# Added by the patch
-
-
-def helper():
-    return 1
-
-
-CONSTANT = 2
+from . import runtime  # added by the patch
 '''
 )
 
 
-class TestAppendDefinitions(CodemodTest):
-    TRANSFORM = AppendDefinitionsCommand
+class TestInsertImports(CodemodTest):
+    TRANSFORM = InsertImportsCommand
 
-    def test_appends_after_two_blank_lines(self) -> None:
+    def test_inserts_after_the_last_import_that_opens_the_module(self) -> None:
+        before = '''
+        """Module docstring."""
+        import torch
+
+        from .configuration import Config
+
+
+        logger = get_logger()
+        import late
+        '''
+        after = '''
+        """Module docstring."""
+        import torch
+
+        from .configuration import Config
+        from . import runtime  # added by the patch
+
+
+        logger = get_logger()
+        import late
+        '''
+        self.assertCodemod(before, after, IMPORTS)
+
+    def test_refuses_a_module_that_opens_without_imports(self) -> None:
         before = """
+        logger = get_logger()
         import torch
-
-        def existing():
-            pass
         """
-        after = """
-        import torch
-
-        def existing():
-            pass
-
-
-        # Added by the patch
-
-
-        def helper():
-            return 1
-
-
-        CONSTANT = 2
-        """
-        self.assertCodemod(before, after, DEFINITIONS)
+        with self.assertRaisesRegex(UnexpectedCode, "no import statements at its top"):
+            self.assertCodemod(before, before, IMPORTS)
 
     def test_refuses_a_name_the_module_already_binds(self) -> None:
-        before = """
-        CONSTANT = 1
-        """
-        with self.assertRaisesRegex(UnexpectedCode, "already defines CONSTANT"):
-            self.assertCodemod(before, before, DEFINITIONS)
+        for before in ("import torch\nfrom .other import runtime\n", "import torch\n\ndef runtime():\n    pass\n"):
+            with self.assertRaisesRegex(UnexpectedCode, "already binds runtime"):
+                self.assertCodemod(before, before, IMPORTS)
 
 
 CLASS_SNIPPET = cst.parse_module(

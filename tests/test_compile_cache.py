@@ -11,8 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from helpers import generate, run_python, tokens
+from helpers import generate, tokens
+from patches.graph_mode import _llama_graph_patch as runtime
 
 COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
 # The tests that start from the `filled` cache run in one xdist worker, which fills it once.
@@ -96,21 +98,21 @@ def test_an_unusable_artifact_gives_one_warning_and_a_normal_compile(graph_mode_
 
 CONCURRENT_SAVES = """
 import os, sys, torch
-from transformers.generation import utils
+from transformers.generation import _llama_graph_patch as runtime
 cache = {"path": sys.argv[1], "key": {"test": 1}, "state": "cold"}
 for round in range(int(sys.argv[2])):
     payload = os.urandom(int.from_bytes(os.urandom(2), "big") * 16)  # up to 1 MB, a new length each time
     torch.compiler.save_cache_artifacts = lambda: (payload, None)
-    utils._llama_graph_patch_save_compile_cache(cache)
+    runtime.save_compile_cache(cache)
 """
 
 CONCURRENT_READS = """
 import sys, time
-from transformers.generation import utils
+from transformers.generation import _llama_graph_patch as runtime
 path, deadline, reads = sys.argv[1], time.time() + float(sys.argv[2]), 0
 while time.time() < deadline:
     try:
-        utils._llama_graph_patch_read_artifacts(path, {"test": 1})  # raises on half a file
+        runtime.read_artifacts(path, {"test": 1})  # raises on half a file
         reads += 1
     except FileNotFoundError:
         pass
@@ -137,15 +139,11 @@ def test_processes_sharing_the_folder_never_see_half_a_file(graph_mode_site, tmp
     assert sorted(path.name for path in artifact.parent.iterdir()) == ["shared.bin", "shared.bin.lock"]
 
 
-OPEN_PROBE = """
-import json, os, sys, torch
-from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.generation import utils
-model = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2))
-cache = utils._llama_graph_patch_open_compile_cache(model, torch.device("cpu"), {"scope": "model"})
-print(json.dumps({"cache": cache and cache["path"], "inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}))
-"""
+def open_cache_of_a_tiny_llama() -> dict | None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    return runtime.open_compile_cache(LlamaForCausalLM(config), torch.device("cpu"), {"scope": "model"})
 
 
 @pytest.mark.parametrize(
@@ -156,39 +154,29 @@ print(json.dumps({"cache": cache and cache["path"], "inductor": os.environ.get("
         ("/srv/inductor", "/srv/inductor"),  # the user's choice: kept
     ],
 )
-def test_inductor_caches_go_under_the_cache_root_unless_the_user_chose(graph_mode_site, tmp_path, given, expected):
+def test_inductor_caches_go_under_the_cache_root_unless_the_user_chose(monkeypatch, tmp_path, given, expected):
     import tempfile
 
     root = tmp_path / "root"
-    env = {"LLAMA_GRAPH_PATCH_CACHE": str(root)}
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(root))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after the test, as it was
     if given:
-        env["TORCHINDUCTOR_CACHE_DIR"] = given.format(tmp=tempfile.gettempdir())
-    result = run_python(["-c", OPEN_PROBE], graph_mode_site, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    assert report["inductor"] == expected.format(root=root)
-    assert report["cache"].startswith(f"{root}/compile/artifacts/") and report["cache"].endswith(".bin")
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", given.format(tmp=tempfile.gettempdir()))
+    cache = open_cache_of_a_tiny_llama()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == expected.format(root=root)
+    assert cache["path"].startswith(f"{root}/compile/artifacts/") and cache["path"].endswith(".bin")
 
 
-def test_the_compile_cache_can_be_switched_off(graph_mode_site, tmp_path):
-    env = {"LLAMA_GRAPH_PATCH_CACHE": str(tmp_path / "root"), "LLAMA_GRAPH_PATCH_COMPILE_CACHE": "0"}
-    result = run_python(["-c", OPEN_PROBE], graph_mode_site, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout)["cache"] is None and not (tmp_path / "root").exists()
+def test_the_compile_cache_can_be_switched_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(tmp_path / "root"))
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "0")
+    assert open_cache_of_a_tiny_llama() is None and not (tmp_path / "root").exists()
 
 
-UNWRITABLE_SAVE = """
-import sys, torch
-from transformers.generation import utils
-torch.compiler.save_cache_artifacts = lambda: (b"artifacts", None)
-utils._llama_graph_patch_save_compile_cache({"path": sys.argv[1], "key": {}, "state": "cold"})
-print("returned")
-"""
-
-
-def test_a_cache_folder_that_cannot_be_written_is_a_warning(graph_mode_site, tmp_path):
+def test_a_cache_folder_that_cannot_be_written_is_a_warning(monkeypatch, caplog, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
-    result = run_python(["-c", UNWRITABLE_SAVE, str(blocker / "artifacts" / "x.bin")], graph_mode_site)
-    assert result.returncode == 0 and result.stdout.strip() == "returned", result.stderr[-3000:]
-    assert "could not save compile artifacts" in result.stderr and str(blocker) in result.stderr
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"artifacts", None))
+    runtime.save_compile_cache({"path": str(blocker / "artifacts" / "x.bin"), "key": {}, "state": "cold"})
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert "could not save compile artifacts" in warning and str(blocker) in warning

@@ -17,10 +17,12 @@ from pathlib import Path
 import filelock
 import pytest
 
-from helpers import MODELING, UTILS, copy_transformers, python_path, run_cli
-from patcher import cli, transaction
+from helpers import GRAPH_MODE_RUNTIME, MODELING, STATIC_CACHE_RUNTIME, UTILS, copy_transformers, python_path, run_cli
+from patcher import __version__, cli, transaction
 from patcher.catalog import resolve
 from patcher.transform import patch_file
+
+REPOSITORY = Path(__file__).parents[1]
 
 
 def sha(path: Path) -> str:
@@ -64,11 +66,45 @@ def test_apply_status_revert_round_trip(site):
     assert record["files"][UTILS]["original_sha256"] == hashlib.sha256(original).hexdigest()
     assert record["files"][UTILS]["patched_sha256"] == sha(site / UTILS)
 
+    assert record["files"][GRAPH_MODE_RUNTIME] == {"original_sha256": None, "patched_sha256": sha(site / GRAPH_MODE_RUNTIME)}
+    assert (site / GRAPH_MODE_RUNTIME).read_bytes() == (REPOSITORY / "patches/graph_mode/_llama_graph_patch.py").read_bytes()
+
     reverted = run_cli("revert", "--site-packages", str(site))
     assert reverted.returncode == 0, reverted.stderr
     assert (site / UTILS).read_bytes() == original
+    assert not (site / GRAPH_MODE_RUNTIME).exists()
     assert not (site / ".llama-graph-patch").exists()
     assert status_of(site)["state"] == "unpatched"
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` but bytecode, by relative path."""
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def test_the_runtime_is_a_module_of_its_own_and_revert_leaves_the_pristine_tree(site, pristine_site):
+    """utils.py gains the hook lines and one import; the runtime is a new module next to it, imported from
+    there (its bytecode too goes with revert), and revert leaves transformers/ file for file as it was."""
+    assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
+    original, patched = (pristine_site / UTILS).read_bytes(), (site / UTILS).read_bytes()
+    assert len(patched.splitlines()) - len(original.splitlines()) <= 150
+    assert patched.count(b"\nfrom . import _llama_graph_patch  # added by llama-graph-patch") == 1
+    probe = (
+        "import transformers.generation.utils as utils, transformers.models.llama.modeling_llama as llama; "
+        "print(utils._llama_graph_patch.__file__); print(llama._llama_graph_patch_static_cache.__file__)"
+    )
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              env={**os.environ, **python_path(site), "PYTHONDONTWRITEBYTECODE": ""})
+    assert imported.stdout.split() == [str(site / GRAPH_MODE_RUNTIME), str(site / STATIC_CACHE_RUNTIME)], imported.stderr
+    assert list((site / "transformers").rglob("_llama_graph_patch*.pyc"))
+
+    assert cli.main(["revert", "--site-packages", str(site)]) == 0
+    assert tree(site / "transformers") == tree(pristine_site / "transformers")
+    assert not list((site / "transformers").rglob("*llama_graph_patch*"))
 
 
 def test_applying_or_reverting_twice_is_a_no_op(site, capsys):
@@ -96,7 +132,7 @@ def test_same_input_gives_the_same_bytes_wherever_it_lives(pristine_site, tmp_pa
     second = copy_transformers(pristine_site, tmp_path / "deeper" / "b" / "lib" / "site-packages")
     for site in (first, second):
         assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
-    for name in (UTILS, MODELING):
+    for name in (UTILS, MODELING, GRAPH_MODE_RUNTIME, STATIC_CACHE_RUNTIME):
         assert (first / name).read_bytes() == (second / name).read_bytes()
 
 
@@ -104,21 +140,75 @@ def test_diff_shows_what_apply_makes_and_then_what_it_made(site):
     before = run_cli("diff", "--site-packages", str(site))
     assert before.returncode == 0, before.stderr
     assert before.stdout.startswith(f"--- a/{UTILS}\n+++ b/{UTILS}\n")
-    assert "+        self = _llama_graph_patch_compile(self, input_ids)\n" in before.stdout
+    assert "+        self = _llama_graph_patch.compile_for_generation(self, input_ids)\n" in before.stdout
+    runtime = (REPOSITORY / "patches/graph_mode/_llama_graph_patch.py").read_text().splitlines()
+    assert f"--- /dev/null\n+++ b/{GRAPH_MODE_RUNTIME}\n@@ -0,0 +1,{len(runtime)} @@\n" in before.stdout
     assert cli.main(["apply", "--site-packages", str(site)]) == 0
     assert run_cli("diff", "--site-packages", str(site)).stdout == before.stdout
 
 
-def test_dry_run_changes_nothing(site):
-    original = (site / UTILS).read_bytes()
-    result = run_cli("apply", "--dry-run", "--site-packages", str(site))
-    assert result.returncode == 0 and result.stdout.startswith("would have patched: graph-mode")
-    assert (site / UTILS).read_bytes() == original and not (site / ".llama-graph-patch").exists()
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every file and folder below `folder` (itself included) with its mode, size and mtime."""
+    entries = {}
+    for path in [folder, *folder.rglob("*")]:
+        info = path.lstat()
+        entries[path.relative_to(folder).as_posix()] = (info.st_mode, info.st_size, info.st_mtime_ns)
+    return entries
+
+
+def dry_runs(site: Path) -> list[str]:
+    """apply --dry-run (both patch sets) and revert --dry-run; their output."""
+    said = []
+    for command in (["apply", "--dry-run"], ["apply", "--dry-run", "--static-cache"], ["revert", "--dry-run"]):
+        result = run_cli(*command, "--site-packages", str(site))
+        assert result.returncode == 0, result.stderr
+        said.append(result.stdout)
+    return said
+
+
+def test_dry_run_leaves_every_file_folder_and_mtime_alone(site):
+    before = snapshot(site)
+    said = dry_runs(site)
+    assert said[0].startswith("would have patched: graph-mode") and said[2].startswith("not patched")
+    assert snapshot(site) == before  # no lock file, no record folder
     assert cli.main(["apply", "--site-packages", str(site)]) == 0
-    patched = (site / UTILS).read_bytes()
-    result = run_cli("revert", "--dry-run", "--site-packages", str(site))
-    assert result.returncode == 0 and result.stdout.startswith("would revert graph-mode")
-    assert (site / UTILS).read_bytes() == patched
+    before = snapshot(site)
+    said = dry_runs(site)
+    assert said[0].startswith("already applied, nothing would change")
+    assert said[1].startswith("would have switched from graph-mode to: graph-mode+static-cache")
+    assert said[2].startswith(f"would revert graph-mode: {UTILS} restored byte for byte; {GRAPH_MODE_RUNTIME} deleted")
+    assert snapshot(site) == before
+
+
+def test_dry_run_works_on_a_read_only_site_packages(site):
+    """chattr +i: even root may not create, delete or rename anything in these folders."""
+    folders = [site, site / "transformers" / "generation", site / "transformers" / "models" / "llama"]
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folders[0])]).returncode != 0:
+        pytest.skip("chattr +i is not available here (the dry-run test above still ran)")
+    try:
+        for folder in folders[1:]:
+            subprocess.run(["chattr", "+i", str(folder)], check=True)
+        before = snapshot(site)
+        said = dry_runs(site)
+    finally:
+        for folder in folders:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert said[1].startswith("would have patched: graph-mode+static-cache")
+    assert snapshot(site) == before
+
+
+def test_dry_run_says_what_recovering_an_interrupted_apply_would_do(site):
+    crash = subprocess.run([sys.executable, "-c", CRASH_AT, str(site), str(site / UTILS)], capture_output=True)
+    assert crash.returncode == 137, crash.stderr
+    before = snapshot(site)
+    said = dry_runs(site)
+    journal = site / ".llama-graph-patch" / "journal.json"
+    first = f"would first finish the interrupted apply of graph-mode+static-cache recorded in {journal}: write "
+    assert all(lines.startswith(first) for lines in said), said
+    # as the site will be once that apply is finished
+    assert said[1].splitlines()[1].startswith("already applied, nothing would change: graph-mode+static-cache")
+    assert said[2].splitlines()[1].startswith("would revert graph-mode+static-cache")
+    assert snapshot(site) == before
 
 
 def test_a_foreign_edit_is_refused_until_revert_force(site):
@@ -142,9 +232,11 @@ def test_a_reinstalled_transformers_is_noticed(site, pristine_site):
     (site / UTILS).write_bytes((pristine_site / UTILS).read_bytes())  # what pip install --force-reinstall does
     status = status_of(site)
     assert status["state"] == "modified" and "equals the original again" in status["detail"]
+    assert "revert --force` puts the kept originals back" in status["detail"]
+    assert status["detail"].endswith(f"and deletes {site / GRAPH_MODE_RUNTIME}")  # pip leaves it behind
     one_line_error(run_cli("apply", "--site-packages", str(site)), 5, "reinstalled")
     assert run_cli("revert", "--force", "--site-packages", str(site)).returncode == 0
-    assert status_of(site)["state"] == "unpatched"
+    assert status_of(site)["state"] == "unpatched" and not (site / GRAPH_MODE_RUNTIME).exists()
     assert run_cli("apply", "--site-packages", str(site)).returncode == 0
 
 
@@ -261,21 +353,27 @@ main(["apply", "--static-cache", "--site-packages", site])
 """
 
 
-@pytest.mark.parametrize("crash_when_replacing", [".llama-graph-patch/journal.json", UTILS, MODELING])
+# The order a commit moves files into place: the new modules first, so that no import points at a missing one.
+COMMIT_ORDER = [".llama-graph-patch/journal.json", GRAPH_MODE_RUNTIME, STATIC_CACHE_RUNTIME, UTILS, MODELING]
+
+
+@pytest.mark.parametrize("crash_when_replacing", COMMIT_ORDER)
 def test_a_crash_leaves_whole_files_and_the_next_run_finishes(site, crash_when_replacing):
     names = (UTILS, MODELING)
     originals = {name: (site / name).read_bytes() for name in names}
     patched = {name: patch_file(name, originals[name], resolve(["static-cache"]), "4.31.0") for name in names}
+    patched.update({name: (REPOSITORY / "patches" / source).read_bytes() for name, source in (
+        (GRAPH_MODE_RUNTIME, "graph_mode/_llama_graph_patch.py"),
+        (STATIC_CACHE_RUNTIME, "static_cache/_llama_graph_patch_static_cache.py"),
+    )})
     crash_path = str(site / crash_when_replacing)
     crash = subprocess.run([sys.executable, "-c", CRASH_AT, str(site), crash_path], capture_output=True)
     assert crash.returncode == 137, crash.stderr
 
-    # utils.py is replaced first, then modeling_llama.py: every file is whole, old or new.
-    after_crash = {name: (site / name).read_bytes() for name in names}
-    if crash_when_replacing == MODELING:
-        assert after_crash == {UTILS: patched[UTILS], MODELING: originals[MODELING]}
-    else:
-        assert after_crash == originals
+    # Every file is whole, old (absent, for the new modules) or new, in COMMIT_ORDER.
+    done = COMMIT_ORDER[1 : COMMIT_ORDER.index(crash_when_replacing)]
+    expected = {name: patched[name] if name in done else originals.get(name) for name in COMMIT_ORDER[1:]}
+    assert {name: (site / name).read_bytes() if (site / name).exists() else None for name in expected} == expected
     if crash_when_replacing.endswith("journal.json"):  # before the journal: as if nothing happened
         assert status_of(site)["state"] == "unpatched"
     else:
@@ -286,10 +384,11 @@ def test_a_crash_leaves_whole_files_and_the_next_run_finishes(site, crash_when_r
     finished = run_cli("apply", "--static-cache", "--site-packages", str(site))
     assert finished.returncode == 0, finished.stderr
     assert status_of(site)["state"] == "patched"
-    assert {name: (site / name).read_bytes() for name in names} == patched
+    assert {name: (site / name).read_bytes() for name in patched} == patched
     assert not list((site / "transformers").rglob(f"*{transaction.TEMP_SUFFIX}"))
     assert run_cli("revert", "--site-packages", str(site)).returncode == 0
     assert {name: (site / name).read_bytes() for name in names} == originals
+    assert not (site / GRAPH_MODE_RUNTIME).exists() and not (site / STATIC_CACHE_RUNTIME).exists()
 
 
 def refuse_writes_in(folder: Path, monkeypatch) -> None:
@@ -354,7 +453,7 @@ def test_stale_bytecode_cannot_hide_the_change(site):
     """An unchecked-hash .pyc is trusted without looking at the source; apply and revert must drop it."""
     source = site / UTILS
     cached = Path(cache_from_source(str(source)))
-    probe = "import transformers.generation.utils as u; print(hasattr(u, '_llama_graph_patch_compile'))"
+    probe = "import transformers.generation.utils as u; print(hasattr(u, '_llama_graph_patch'))"
 
     def imported_patched() -> str:
         env = {**os.environ, **python_path(site), "PYTHONDONTWRITEBYTECODE": ""}
@@ -385,10 +484,13 @@ def test_static_cache_patches_two_files_and_switching_is_clean(site, capsys):
     assert {entry["file"]: entry["patches"] for entry in status["files"]} == {
         UTILS: ["graph-mode", "static-cache"],
         MODELING: ["static-cache"],
+        GRAPH_MODE_RUNTIME: ["graph-mode"],
+        STATIC_CACHE_RUNTIME: ["static-cache"],
     }
     assert cli.main(["apply", "--site-packages", str(site)]) == 0
     assert "switched from graph-mode+static-cache to: graph-mode" in capsys.readouterr().out
     assert (site / MODELING).read_bytes() == originals[MODELING]
+    assert (site / GRAPH_MODE_RUNTIME).exists() and not (site / STATIC_CACHE_RUNTIME).exists()
     assert (site / UTILS).read_bytes() == graph_mode_bytes(originals[UTILS])
     assert not (site / ".llama-graph-patch" / "originals" / MODELING).exists()
     assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
@@ -435,3 +537,85 @@ def test_usage_errors_exit_2(site):
     result = run_cli("apply", "--python", "x", "--site-packages", str(site))
     assert result.returncode == 2 and "not allowed with argument" in result.stderr
     assert run_cli("frobnicate").returncode == 2
+
+
+def test_a_runtime_module_left_behind_is_reported_and_revert_force_deletes_it(site, pristine_site):
+    """The record gone and utils.py reinstalled, the runtime module stays: pip only replaces transformers' files."""
+    assert cli.main(["apply", "--site-packages", str(site)]) == 0
+    shutil.rmtree(site / ".llama-graph-patch")
+    (site / UTILS).write_bytes((pristine_site / UTILS).read_bytes())
+
+    status = status_of(site)
+    assert status["state"] == "modified" and status["stray"] == [GRAPH_MODE_RUNTIME]
+    assert str(site / GRAPH_MODE_RUNTIME) in status["detail"] and "revert --force" in status["detail"]
+    for command in ("apply", "revert"):
+        one_line_error(run_cli(command, "--site-packages", str(site)), 5, str(site / GRAPH_MODE_RUNTIME), "revert --force")
+    forced = run_cli("revert", "--force", "--site-packages", str(site))
+    assert forced.returncode == 0 and forced.stdout.startswith(f"deleted {GRAPH_MODE_RUNTIME}"), forced.stderr
+    assert tree(site / "transformers") == tree(pristine_site / "transformers")
+    assert status_of(site)["state"] == "unpatched"
+
+
+def test_an_upgraded_transformers_loses_the_runtime_modules_too(site):
+    assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
+    set_version(site, "4.32.0")
+    result = run_cli("revert", "--force", "--site-packages", str(site))
+    assert result.returncode == 0, result.stderr
+    assert f"deleted {GRAPH_MODE_RUNTIME}, {STATIC_CACHE_RUNTIME}" in result.stdout
+    assert not (site / GRAPH_MODE_RUNTIME).exists() and not (site / STATIC_CACHE_RUNTIME).exists()
+    assert b"_llama_graph_patch" in (site / UTILS).read_bytes()  # 4.32.0's files: left as they are
+
+
+def newer_tool(folder: Path, version: str) -> Path:
+    """This tool as a later release would install it: another version, and a runtime that writes other bytes.
+    Installed with pip into `folder`; returns the folder to put first on PYTHONPATH."""
+    source = folder / "source"
+    shutil.copytree(REPOSITORY, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "results", "*.egg-info"))
+    init = source / "patcher" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
+    runtime = source / "patches" / "graph_mode" / "_llama_graph_patch.py"
+    runtime.write_text(runtime.read_text() + "\n\nRELEASE = %r  # what the newer runtime brings\n" % version)
+    target = folder / "installed"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
+         str(source)],
+        capture_output=True, text=True,
+    )
+    assert pip.returncode == 0, pip.stderr
+    return target
+
+
+def run_tool(installed: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **python_path(installed)}
+    # cwd: python -m puts the working folder first on the path, and this repository holds the current tool
+    return subprocess.run([sys.executable, "-m", "patcher", *args], capture_output=True, text=True, env=env, cwd=installed)
+
+
+@pytest.mark.slow
+def test_a_newer_tool_updates_the_patch_an_older_one_applied(site, pristine_site, tmp_path):
+    assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
+    applied = status_of(site)
+    assert (applied["tool_version"], applied["applied_tool_version"], applied["up_to_date"]) == (
+        __version__, __version__, True
+    )
+    newer = newer_tool(tmp_path / "newer", "99.0.0")
+
+    status = json.loads(run_tool(newer, "status", "--json", "--site-packages", str(site)).stdout)
+    assert (status["tool_version"], status["applied_tool_version"], status["up_to_date"]) == ("99.0.0", __version__, False)
+    assert "writes other bytes: `llama-graph-patch apply` updates them" in run_tool(newer, "status", "--site-packages", str(site)).stdout
+    dry = run_tool(newer, "apply", "--static-cache", "--dry-run", "--site-packages", str(site))
+    assert dry.stdout.startswith(f"would have updated llama-graph-patch {__version__}'s patch to 99.0.0's"), dry.stderr
+
+    updated = run_tool(newer, "apply", "--static-cache", "--site-packages", str(site))
+    assert updated.returncode == 0, updated.stderr
+    assert updated.stdout.startswith(f"updated llama-graph-patch {__version__}'s patch to 99.0.0's: graph-mode+static-cache")
+    assert (site / GRAPH_MODE_RUNTIME).read_bytes().endswith(b"RELEASE = '99.0.0'  # what the newer runtime brings\n")
+    status = json.loads(run_tool(newer, "status", "--json", "--site-packages", str(site)).stdout)
+    assert (status["state"], status["applied_tool_version"], status["up_to_date"]) == ("patched", "99.0.0", True)
+    assert run_tool(newer, "apply", "--static-cache", "--site-packages", str(site)).stdout.startswith("already applied")
+    assert status_of(site)["up_to_date"] is False  # the older tool sees bytes it would not write
+
+    reverted = run_tool(newer, "revert", "--site-packages", str(site))
+    assert reverted.returncode == 0, reverted.stderr
+    assert tree(site / "transformers") == tree(pristine_site / "transformers")
+    assert not (site / ".llama-graph-patch").exists()

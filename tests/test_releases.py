@@ -10,6 +10,7 @@ import pytest
 from packaging.version import Version
 
 from helpers import (
+    GRAPH_MODE_RUNTIME,
     UTILS,
     changed_methods,
     check_two_graphs,
@@ -21,6 +22,7 @@ from helpers import (
     tokens,
 )
 from patcher.catalog import load_catalog
+from patcher.codemods.base import snippet_bytes
 from releases import environment, small_site
 
 RELEASES = load_catalog()["graph-mode"].releases
@@ -44,16 +46,18 @@ def test_the_graph_mode_patch_on_every_listed_release(version, tmp_path):
 
     patched = (site / UTILS).read_bytes()
     assert only_insertions(original, patched)
-    changed, appended = changed_methods(original, patched)
+    changed, imported = changed_methods(original, patched)
     methods = status["methods"]["graph-mode"]
     assert changed == {*methods["compiled"], *methods["eager"]}
-    assert appended and all("llamagraphpatch" in name.lower().replace("_", "") for name in appended)
+    assert imported == ["_llama_graph_patch"]  # the runtime module, written next to utils.py
+    assert (site / GRAPH_MODE_RUNTIME).read_bytes() == snippet_bytes("graph_mode/_llama_graph_patch.py")
     # every method generate() hands the loop to is compiled or says it runs eager, or forwards to one that is
     uncovered = {name for name, called in decoding_calls(original).items() if not {name, *called} & changed}
     assert not uncovered, uncovered
 
     cli("revert", "--site-packages", str(site))
     assert (site / UTILS).read_bytes() == original and not (site / ".llama-graph-patch").exists()
+    assert not (site / GRAPH_MODE_RUNTIME).exists()
 
 
 # Llama has grouped-query attention from 4.31: 4.28.1 runs the same tiny model with multi-head attention.

@@ -1,16 +1,21 @@
-"""The code the graph-mode patch inserts, run inside a patched transformers 4.31.0 in child processes.
-
-The child's import path starts with modules that make `import patcher` / `import patches` fail, so the
-inserted code is shown to work with llama-graph-patch absent.
+"""The graph-mode runtime: generate calls inside a patched transformers 4.31.0 in child processes, whose
+import path starts with modules that make `import patcher` / `import patches` fail, so the installed code
+is shown to work with llama-graph-patch absent; and its parts imported here, from patches/, whose bytes
+the patch copies (test_installer checks that they are the same).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from helpers import NPU_STANDINS, WORKERS, check_two_graphs, generate, run_python, tokens
+from patches.graph_mode import _llama_graph_patch as runtime
 
 MODES = ("eager", "max-autotune", "reduce-overhead")
 NEW_TOKENS = 24
@@ -86,18 +91,6 @@ def test_the_layers_scope_follows_a_replaced_layer(graph_mode_site):
     assert report["layers"] == ["LlamaDecoderLayer", "LlamaDecoderLayer"]
 
 
-SETTING_PROBE = """
-import os, torch
-from transformers import LlamaConfig, LlamaForCausalLM
-model = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2)).eval()
-try:
-    model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=2)
-except ValueError as error:
-    print(error)
-"""
-
-
 @pytest.mark.parametrize(
     "variable, value, allowed",
     [
@@ -108,18 +101,17 @@ except ValueError as error:
         ("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "yes", "1, 0"),
     ],
 )
-def test_an_unknown_setting_is_an_error_not_a_fallback(graph_mode_site, variable, value, allowed):
-    result = run_python(["-c", SETTING_PROBE], graph_mode_site, env={"EXE_MODE": "dynamo", variable: value})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"{variable}='{value}' is not allowed; use one of: {allowed}" in result.stdout
+def test_an_unknown_setting_is_an_error_not_a_fallback(monkeypatch, tmp_path, variable, value, allowed):
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-
-BACKEND_PROBE = """
-import json, sys, torch
-from transformers.generation import utils
-torch.__version__ = sys.argv[1]
-print(json.dumps(utils._llama_graph_patch_backend(sys.argv[2], "cpu")[0]))
-"""
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2)).eval()
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("EXE_MODE", "dynamo")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError) as error:
+        runtime.compile_for_generation(model, torch.tensor([[5, 6, 7]]))
+    assert f"{variable}='{value}' is not allowed; use one of: {allowed}" in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -131,55 +123,68 @@ print(json.dumps(utils._llama_graph_patch_backend(sys.argv[2], "cpu")[0]))
         ("reduce-overhead", None, "2.1.0+cpu", {"mode": "reduce-overhead"}),
     ],
 )
-def test_on_cpu_reduce_overhead_takes_the_cpp_wrapper(graph_mode_site, graph_mode, override, torch_version, expected):
-    env = {"LLAMA_GRAPH_PATCH_INDUCTOR_MODE": override} if override else {}
-    result = run_python(["-c", BACKEND_PROBE, torch_version, graph_mode], graph_mode_site, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout) == {"backend": "inductor", **expected}
+def test_on_cpu_reduce_overhead_takes_the_cpp_wrapper(monkeypatch, graph_mode, override, torch_version, expected):
+    monkeypatch.delenv("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", raising=False)
+    if override:
+        monkeypatch.setenv("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", override)
+    monkeypatch.setattr(torch, "__version__", torch_version)
+    assert runtime.backend_options(graph_mode, "cpu")[0] == {"backend": "inductor", **expected}
 
 
-POOL_PROBE = """
-import json, torch
-from transformers.generation import utils
-key, value, hidden = torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3)
-pool = torch.full((2, 3), 7.0)  # stands in for a CUDA graph's output memory
-layer = utils._LlamaGraphPatchPoolCopies(lambda hidden, past_key_value: (pool, past_key_value))
-out_hidden, (out_key, out_value) = layer(hidden, past_key_value=(key, value))
-pool.fill_(0.0)  # the next layer's replay of the same graph
-model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
-layer_types = {}
-for device, mode in (("cuda", "reduce-overhead"), ("cuda", "default"), ("cpu", "reduce-overhead")):
-    compiled = utils._llama_graph_patch_compiled_model(model, "layers", {"backend": "inductor", "mode": mode}, device)
-    layer_types[device + " " + mode] = sorted({type(layer).__name__ for layer in compiled.compiled.values()})
-print(json.dumps({"copied": out_hidden.tolist() == [[7.0] * 3] * 2, "aliases_kept": out_key is key and out_value is value,
-                  "layer_types": layer_types}))
-"""
-
-
-def test_layers_under_cuda_graphs_copy_their_outputs_out_of_the_pool(graph_mode_site):
+def test_layers_under_cuda_graphs_copy_their_outputs_out_of_the_pool():
     """Stand-in for a CUDA graph (no GPU here): outputs that live in the graph's memory are copied before the
     next layer's replay overwrites them; keys and values handed in (the static cache's buffers) stay as they are.
     Only CUDA with graph capture (inductor's reduce-overhead) pays for the copies."""
-    result = run_python(["-c", POOL_PROBE], graph_mode_site)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout) == {
-        "copied": True,
-        "aliases_kept": True,
-        "layer_types": {
-            "cuda reduce-overhead": ["_LlamaGraphPatchPoolCopies"],
-            "cuda default": ["OptimizedModule"],
-            "cpu reduce-overhead": ["OptimizedModule"],
-        },
+    key, value, hidden = torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3)
+    pool = torch.full((2, 3), 7.0)  # stands in for a CUDA graph's output memory
+    layer = runtime.PoolCopies(lambda hidden, past_key_value: (pool, past_key_value))
+    out_hidden, (out_key, out_value) = layer(hidden, past_key_value=(key, value))
+    pool.fill_(0.0)  # the next layer's replay of the same graph
+    assert out_hidden.tolist() == [[7.0] * 3] * 2
+    assert out_key is key and out_value is value
+
+    model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
+    layer_types = {}
+    for device, mode in (("cuda", "reduce-overhead"), ("cuda", "default"), ("cpu", "reduce-overhead")):
+        compiled = runtime.compiled_model(model, "layers", {"backend": "inductor", "mode": mode}, device)
+        layer_types[device + " " + mode] = sorted({type(layer).__name__ for layer in compiled.compiled.values()})
+    assert layer_types == {
+        "cuda reduce-overhead": ["PoolCopies"],
+        "cuda default": ["OptimizedModule"],
+        "cpu reduce-overhead": ["OptimizedModule"],
     }
 
 
-def test_without_the_timing_variable_nothing_is_timed_or_written(graph_mode_site, tmp_path):
-    probe = (
-        "import torch; from transformers.generation import utils; "
-        "print(utils._llama_graph_patch_step_timer(torch.zeros(2, 3), \"sample\"))"
-    )
-    result = run_python(["-c", probe], graph_mode_site, env={"LLAMA_GRAPH_PATCH_TIMING": ""})
-    assert result.returncode == 0 and result.stdout.strip() == "None", result.stderr
+def test_without_the_timing_variable_nothing_is_timed_or_written(monkeypatch):
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_TIMING", "")
+    assert runtime.step_timer(torch.zeros(2, 3), "sample") is None
+
+
+def test_the_timer_writes_one_json_line_per_step(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_TIMING", str(tmp_path / "steps.jsonl"))
+    timer = runtime.step_timer(torch.zeros(2, 3), "sample")
+    for fed in (3, 1):
+        timer.start()
+        timer.stop({"input_ids": torch.zeros(2, fed)})
+    runtime.finish(None, timer)
+    records = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["phase"], r["input_len"], r["batch_size"], r["method"]) for r in records] == [
+        (0, "prefill", 3, 2, "sample"),
+        (1, "decode", 1, 2, "sample"),
+    ]
+    assert all(record["ms"] >= 0 for record in records)
+
+
+def test_a_method_the_patch_does_not_compile_says_it_runs_eager(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="llama_graph_patch")
+    monkeypatch.setenv("EXE_MODE", "dynamo")
+    runtime.runs_eager(None, "contrastive_search")
+    monkeypatch.setenv("EXE_MODE", "eager")
+    runtime.runs_eager(None, "contrastive_search")
+    assert [record.getMessage() for record in caplog.records] == [
+        "llama-graph-patch: contrastive_search runs eager: the graph-mode patch compiles greedy search, sampling and "
+        "the beam searches, not contrastive_search (see the llama-graph-patch README)"
+    ]
 
 
 def test_npu_path_calls_torchair_as_the_guide_does(graph_mode_site):
@@ -209,16 +214,10 @@ def test_npu_path_calls_torchair_as_the_guide_does(graph_mode_site):
     }
 
 
-def test_npu_without_torchair_names_it_and_the_fix(graph_mode_site):
-    probe = (
-        "import os; os.environ['EXE_MODE'] = 'dynamo'\n"
-        "from types import SimpleNamespace\n"
-        "from transformers.generation import utils\n"
-        "ids = SimpleNamespace(device=SimpleNamespace(type='npu'))\n"
-        "try:\n    utils._llama_graph_patch_compile(None, ids)\n"
-        "except ImportError as error:\n    print(error)\n"
-    )
-    result = run_python(["-c", probe], graph_mode_site)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "needs torchair, which could not be imported" in result.stdout
-    assert "EXE_MODE=eager" in result.stdout
+def test_npu_without_torchair_names_it_and_the_fix(monkeypatch):
+    monkeypatch.setenv("EXE_MODE", "dynamo")
+    monkeypatch.setitem(sys.modules, "torchair", None)  # as where torchair is not installed
+    with pytest.raises(ImportError) as error:
+        runtime.compile_for_generation(None, SimpleNamespace(device=SimpleNamespace(type="npu")))
+    assert "needs torchair, which could not be imported" in str(error.value)
+    assert "EXE_MODE=eager" in str(error.value)

@@ -72,9 +72,9 @@ def test_on_npu_the_cache_is_written_with_scatter_update(static_site):
 KV_CACHE_KEY_PROBE = """
 import json, torch
 from tiny import tiny_llama
-from transformers.generation import utils
+from transformers.generation import _llama_graph_patch as runtime
 model = tiny_llama(2)
-utils._llama_graph_patch_compile(model, torch.ones(1, 4, dtype=torch.long))  # opens the compile cache, compiles nothing
+runtime.compile_for_generation(model, torch.ones(1, 4, dtype=torch.long))  # opens the compile cache, compiles nothing
 cache = model.__dict__["_llama_graph_patch"]["cache"]
 print(json.dumps({"kv_cache": cache["key"]["kv_cache"], "file": cache["path"]}))
 """

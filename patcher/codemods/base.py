@@ -24,10 +24,14 @@ GENERATION_LOOP = m.While(
 )
 
 
+def snippet_bytes(relative: str) -> bytes:
+    """A file shipped in the `patches` package, as bytes."""
+    return resources.files("patches").joinpath(relative).read_bytes()
+
+
 def load_snippet(relative: str) -> cst.Module:
     """Parse a snippet file shipped in the `patches` package."""
-    source = resources.files("patches").joinpath(relative).read_bytes()
-    return cst.parse_module(source)
+    return cst.parse_module(snippet_bytes(relative))
 
 
 def without_docstring(body: Sequence[cst.BaseStatement]) -> list[cst.BaseStatement]:
@@ -87,6 +91,27 @@ def defined_names(body: Sequence[cst.BaseStatement]) -> set[str]:
                 if isinstance(small, cst.Assign):
                     names.update(t.target.value for t in small.targets if isinstance(t.target, cst.Name))
     return names
+
+
+def bound_names(body: Sequence[cst.BaseStatement]) -> set[str]:
+    """defined_names, and the names that top-level import statements bind."""
+    names = defined_names(body)
+    for statement in body:
+        if isinstance(statement, cst.SimpleStatementLine):
+            for small in statement.body:
+                if isinstance(small, (cst.Import, cst.ImportFrom)) and not isinstance(small.names, cst.ImportStar):
+                    names.update(imported_name(alias) for alias in small.names)
+    return names
+
+
+def imported_name(alias: cst.ImportAlias) -> str:
+    """The name an import binds: `x` for `import x.y` and `from . import x`, `z` for `... as z`."""
+    if alias.asname is not None:
+        return alias.asname.name.value
+    node = alias.name
+    while isinstance(node, cst.Attribute):
+        node = node.value
+    return node.value
 
 
 def spaced(statement: cst.BaseStatement, blank_lines: int) -> cst.BaseStatement:

@@ -29,15 +29,15 @@ class PrependToMethodsCommand(PlacedCommand):
 
         class LlamaAttention:
             def forward(self, hidden_states, past_key_value=None):
-                if isinstance(past_key_value, LlamaGraphPatchStaticLayer):
-                    return llama_graph_patch_static_attention(self, hidden_states, past_key_value)
+                if isinstance(past_key_value, static_cache.StaticLayer):
+                    return static_cache.attention_forward(self, hidden_states, past_key_value)
 
     After::
 
         class LlamaAttention(nn.Module):
             def forward(self, hidden_states, past_key_value=None):
-                if isinstance(past_key_value, LlamaGraphPatchStaticLayer):
-                    return llama_graph_patch_static_attention(self, hidden_states, past_key_value)
+                if isinstance(past_key_value, static_cache.StaticLayer):
+                    return static_cache.attention_forward(self, hidden_states, past_key_value)
                 bsz, q_len, _ = hidden_states.size()
 
     The snippet repeats each target's parameter list; a target whose parameter names differ is

@@ -1,34 +1,51 @@
-"""How the graph-mode patch compiles the model and calls it inside transformers' generation loop.
+"""Graph mode for transformers' decoding methods: installed by llama-graph-patch as
+transformers/generation/_llama_graph_patch.py, and removed by `llama-graph-patch revert`.
 
-Appended to transformers/generation/utils.py. The codemod copies every statement below this docstring.
-Rules for the snippet files of this folder, checked by tests:
-- import nothing from llama-graph-patch: a patched transformers must outlive the tool;
-- import inside functions, so that nothing rebinds names the host module already uses (it binds
-  `logging` to transformers' own logging module);
-- parse with the Python 3.8 grammar and run on torch 2.1 through 2.14.
+The decoding methods of generation/utils.py call into this module from a few hook lines:
+
+    self = _llama_graph_patch.compile_for_generation(self, input_ids)    before the generation loop
+    _llama_graph_patch_timer.start() / .stop(model_inputs)              around the forward call
+    _llama_graph_patch.finish(self, _llama_graph_patch_timer)           after the loop
+
+It is copied byte for byte from llama-graph-patch's patches/ folder and imports nothing from the tool, so
+a patched transformers keeps working after the tool is uninstalled. It parses with the Python 3.8 grammar
+and runs on torch 2.1 through 2.14.
+
+Run-time switches (see the llama-graph-patch README): EXE_MODE=dynamo|eager,
+GRAPH_MODE=max-autotune|reduce-overhead, LLAMA_GRAPH_PATCH_COMPILE_SCOPE=model|layers,
+LLAMA_GRAPH_PATCH_INDUCTOR_MODE, LLAMA_GRAPH_PATCH_MAX_GRAPHS, LLAMA_GRAPH_PATCH_STRICT,
+LLAMA_GRAPH_PATCH_TIMING=PATH, LLAMA_GRAPH_PATCH_CACHE=DIR, LLAMA_GRAPH_PATCH_COMPILE_CACHE=1|0 and
+LLAMA_GRAPH_PATCH_STATIC_CACHE=1|0.
 """
 
-# ---------------------------------------------------------------------------------------------------
-# Added by llama-graph-patch (graph-mode patch); `llama-graph-patch revert` removes it.
-# EXE_MODE=dynamo|eager, GRAPH_MODE=max-autotune|reduce-overhead, LLAMA_GRAPH_PATCH_COMPILE_SCOPE,
-# LLAMA_GRAPH_PATCH_INDUCTOR_MODE, LLAMA_GRAPH_PATCH_MAX_GRAPHS, LLAMA_GRAPH_PATCH_STRICT:
-# see the llama-graph-patch README.
-# ---------------------------------------------------------------------------------------------------
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+
+import torch
+from torch.utils import _pytree
+
+logger = logging.getLogger("llama_graph_patch")
 
 # torchair's max-autotune compiles the whole graph ahead (GE); reduce-overhead captures it once and
 # replays it (aclgraph). The inductor modes closest in meaning (on a CPU, reduce-overhead takes inductor's
-# C++ wrapper instead, below):
-_LLAMA_GRAPH_PATCH_INDUCTOR_MODES = {"max-autotune": "default", "reduce-overhead": "reduce-overhead"}
-_LLAMA_GRAPH_PATCH_INDUCTOR_OVERRIDES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# C++ wrapper instead, see backend_options):
+INDUCTOR_MODES = {"max-autotune": "default", "reduce-overhead": "reduce-overhead"}
+INDUCTOR_OVERRIDES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Prefill and decode take one graph each; batch size 1 two more (torch specialises sizes 0 and 1). Eight is
 # also dynamo's own default limit of compiled versions per function.
-_LLAMA_GRAPH_PATCH_DEFAULT_MAX_GRAPHS = 8
+DEFAULT_MAX_GRAPHS = 8
+ARTIFACT_FORMAT = "llama-graph-patch compile artifacts 1"
 
 
-def _llama_graph_patch_setting(name, default, allowed):
+# -- settings -------------------------------------------------------------------------------------------
+
+
+def setting(name, default, allowed):
     """The value of environment variable `name`; anything outside `allowed` is an error, not a fallback."""
-    import os
-
     value = os.environ.get(name, default)
     if value not in allowed:
         raise ValueError(
@@ -37,37 +54,48 @@ def _llama_graph_patch_setting(name, default, allowed):
     return value
 
 
-def _llama_graph_patch_count_setting(name, default):
+def count_setting(name, default):
     """A positive whole number from environment variable `name`."""
-    import os
-
     value = os.environ.get(name, str(default))
     if not value.isdigit() or int(value) < 1:
         raise ValueError("llama-graph-patch: %s=%r is not allowed; use a whole number of 1 or more" % (name, value))
     return int(value)
 
 
-def _llama_graph_patch_compile(model, input_ids):
+def exe_mode():
+    return setting("EXE_MODE", "dynamo", ("dynamo", "eager"))
+
+
+def kv_cache_kind(model):
+    """"static" where the static-cache patch hands this model its fixed-size cache, else "growing". Their
+    graphs differ, so the compile cache keeps them in separate files rather than one replacing the other."""
+    if getattr(model, "llama_graph_patch_static_cache", None) is None:
+        return "growing"
+    return "static" if setting("LLAMA_GRAPH_PATCH_STATIC_CACHE", "1", ("1", "0")) == "1" else "growing"
+
+
+# -- the hooks the decoding methods call ------------------------------------------------------------------
+
+
+def compile_for_generation(model, input_ids):
     """What the generation loop calls as `self`: the model itself when EXE_MODE=eager, else a runner that
     calls the model compiled as GRAPH_MODE and LLAMA_GRAPH_PATCH_COMPILE_SCOPE ask, for the device
     `input_ids` live on."""
-    import logging
-
-    exe_mode = _llama_graph_patch_setting("EXE_MODE", "dynamo", ("dynamo", "eager"))
-    graph_mode = _llama_graph_patch_setting("GRAPH_MODE", "max-autotune", ("max-autotune", "reduce-overhead"))
-    scope = _llama_graph_patch_setting("LLAMA_GRAPH_PATCH_COMPILE_SCOPE", "model", ("model", "layers"))
-    budget = _llama_graph_patch_count_setting("LLAMA_GRAPH_PATCH_MAX_GRAPHS", _LLAMA_GRAPH_PATCH_DEFAULT_MAX_GRAPHS)
-    strict = _llama_graph_patch_setting("LLAMA_GRAPH_PATCH_STRICT", "0", ("0", "1")) == "1"
-    logger = logging.getLogger("llama_graph_patch")
+    mode = exe_mode()
+    graph_mode = setting("GRAPH_MODE", "max-autotune", ("max-autotune", "reduce-overhead"))
+    scope = setting("LLAMA_GRAPH_PATCH_COMPILE_SCOPE", "model", ("model", "layers"))
+    budget = count_setting("LLAMA_GRAPH_PATCH_MAX_GRAPHS", DEFAULT_MAX_GRAPHS)
+    strict = setting("LLAMA_GRAPH_PATCH_STRICT", "0", ("0", "1")) == "1"
     device_type = input_ids.device.type
-    if exe_mode == "eager":
+    if mode == "eager":
         logger.info("llama-graph-patch: eager mode on %s (EXE_MODE=eager), no torch.compile", device_type)
         return model
-    options, backend = _llama_graph_patch_backend(graph_mode, device_type)
-    state = model.__dict__.setdefault(
-        "_llama_graph_patch", {"compiled": {}, "caches": {}, "graphs": 0, "warned": False}
-    )
-    if scope == "layers" and _llama_graph_patch_layers_are_indexed(model):
+    options, backend = backend_options(graph_mode, device_type)
+    # Kept in __dict__ so that nn.Module does not register it: one compiled model and compile cache per
+    # backend and scope (a fresh torchair backend object on every generate call would make dynamo compile
+    # again), and the number of graphs compiled for this model.
+    state = model.__dict__.setdefault("_llama_graph_patch", {"compiled": {}, "caches": {}, "graphs": 0, "warned": False})
+    if scope == "layers" and layers_are_indexed(model):
         scope = "model"
         if not state.get("warned_scope"):
             state["warned_scope"] = True
@@ -84,45 +112,26 @@ def _llama_graph_patch_compile(model, input_ids):
         backend,
         scope,
     )
-    # `state` is kept in __dict__ so that nn.Module does not register it: one compiled model and compile cache
-    # per backend and scope (a fresh torchair backend object on every generate call would make dynamo compile
-    # again), and the number of graphs compiled for this model.
     key = (backend, scope)
     if scope == "layers" and key in state["compiled"] and not state["compiled"][key].is_current():
         del state["compiled"][key]  # compile the layers the model holds now (dynamo reuses what fits)
     if key not in state["compiled"]:
-        description = {
-            "graph_mode": graph_mode,
-            "backend": backend,
-            "scope": scope,
-            "kv_cache": _llama_graph_patch_kv_cache_kind(model),
-        }
-        cache = _llama_graph_patch_open_compile_cache(model, input_ids.device, description)
+        description = {"graph_mode": graph_mode, "backend": backend, "scope": scope, "kv_cache": kv_cache_kind(model)}
+        cache = open_compile_cache(model, input_ids.device, description)
         state["caches"][key] = state["cache"] = cache  # "cache": the latest opened, for reports
-        state["compiled"][key] = _llama_graph_patch_compiled_model(model, scope, options, device_type)
+        state["compiled"][key] = compiled_model(model, scope, options, device_type)
         # transformers 4.36 and 4.37 prepare Llama's SDPA attention mask with a branch on tensor values
         # (`torch.all(attention_mask == 1)`) that fullgraph tracing cannot follow: while a compiled call runs,
         # their LlamaModel prepares the mask the eager way instead and hands it to the same SDPA attention.
         state["sdpa_masks"] = [module for module in model.modules() if getattr(module, "_use_sdpa", False) is True]
-    return _LlamaGraphPatchRunner(model, state["compiled"][key], state["caches"][key], state, budget, strict)
+    return Runner(model, state["compiled"][key], state["caches"][key], state, budget, strict)
 
 
-def _llama_graph_patch_kv_cache_kind(model):
-    """"static" where the static-cache patch hands this model its fixed-size cache, else "growing". Their
-    graphs differ, so the compile cache keeps them in separate files rather than one replacing the other."""
-    if getattr(model, "llama_graph_patch_static_cache", None) is None:
-        return "growing"
-    enabled = _llama_graph_patch_setting("LLAMA_GRAPH_PATCH_STATIC_CACHE", "1", ("1", "0"))
-    return "static" if enabled == "1" else "growing"
-
-
-def _llama_graph_patch_runs_eager(model, method):
+def runs_eager(model, method):
     """At the start of a decoding method the patch does not compile: under EXE_MODE=dynamo, say that this
     generate call runs eager. Never silently eager."""
-    import logging
-
-    if _llama_graph_patch_setting("EXE_MODE", "dynamo", ("dynamo", "eager")) == "dynamo":
-        logging.getLogger("llama_graph_patch").warning(
+    if exe_mode() == "dynamo":
+        logger.warning(
             "llama-graph-patch: %s runs eager: the graph-mode patch compiles greedy search, sampling and the beam "
             "searches, not %s (see the llama-graph-patch README)",
             method,
@@ -130,36 +139,78 @@ def _llama_graph_patch_runs_eager(model, method):
         )
 
 
-def _llama_graph_patch_backend(graph_mode, device_type):
+def step_timer(input_ids, method):
+    """A timer for every forward step when LLAMA_GRAPH_PATCH_TIMING names a file, else None. With it unset
+    the generation loop pays two `is not None` checks per step and nothing else."""
+    path = os.environ.get("LLAMA_GRAPH_PATCH_TIMING")
+    if not path:
+        return None
+    return StepTimer(path, input_ids.device, input_ids.shape[0], method)
+
+
+def finish(model, timer):
+    """After the generation loop: write the step timing, and save compile artifacts if this call compiled."""
+    if timer is not None:
+        timer.write()
+    if isinstance(model, Runner):
+        model.llama_graph_patch_finish()
+
+
+def with_static_cache(model, input_ids, stopping_criteria, model_kwargs):
+    """The static-cache patch's hook in greedy search and sampling: give this generate call a KV cache of
+    fixed size (prompt + new tokens) if the model offers one. Nothing here knows Llama: a model takes part
+    by offering a `llama_graph_patch_static_cache` method (the patched LlamaForCausalLM does)."""
+    allocate = getattr(model, "llama_graph_patch_static_cache", None)
+    if kv_cache_kind(model) != "static" or allocate is None or not model_kwargs.get("use_cache", True):
+        return model_kwargs
+    max_length = stopping_criteria.max_length
+    if max_length is None or model_kwargs.get("past_key_values") is not None or "inputs_embeds" in model_kwargs:
+        logger.warning("llama-graph-patch: no static KV cache: it needs max_length and starts from input_ids alone")
+        return model_kwargs
+    cache = allocate(input_ids.shape[0], max_length, input_ids.device)
+    if cache is None:
+        return model_kwargs
+    logger.info("llama-graph-patch: static KV cache %s", cache)
+    model_kwargs = dict(model_kwargs)
+    model_kwargs["llama_graph_patch_cache"] = cache
+    return model_kwargs
+
+
+def without_static_cache(model, method):
+    """The static-cache patch's hook in the beam searches, which reorder the KV cache every step: if the
+    static cache would have served this call, say that it does not."""
+    if kv_cache_kind(model) == "static":
+        logger.warning(
+            "llama-graph-patch: no static KV cache for %s: beams reorder the cache every step; this call uses "
+            "transformers' growing cache",
+            method,
+        )
+
+
+# -- how to compile -------------------------------------------------------------------------------------
+
+
+def backend_options(graph_mode, device_type):
     """torch.compile's backend options for GRAPH_MODE on this device, and how to name them in logs."""
-    import os
-
-    import torch
-
     if device_type == "npu":
-        return {"backend": _llama_graph_patch_torchair_backend(graph_mode)}, "torchair (%s)" % graph_mode
+        return {"backend": torchair_backend(graph_mode)}, "torchair (%s)" % graph_mode
     if (
         device_type == "cpu"
         and graph_mode == "reduce-overhead"
         and "LLAMA_GRAPH_PATCH_INDUCTOR_MODE" not in os.environ
-        and not _llama_graph_patch_torch_older_than(torch.__version__, (2, 5))
+        and not torch_older_than(torch.__version__, (2, 5))
     ):
         # A CPU has no graphs to capture; the per-step host overhead that capture removes on a device is,
         # on a CPU, Python launching each kernel. Inductor's C++ wrapper launches them from compiled code.
         return {"backend": "inductor", "options": {"cpp_wrapper": True}}, "inductor (mode=default, cpp_wrapper=True)"
-    inductor_mode = _llama_graph_patch_setting(
-        "LLAMA_GRAPH_PATCH_INDUCTOR_MODE",
-        _LLAMA_GRAPH_PATCH_INDUCTOR_MODES[graph_mode],
-        _LLAMA_GRAPH_PATCH_INDUCTOR_OVERRIDES,
-    )
+    inductor_mode = setting("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", INDUCTOR_MODES[graph_mode], INDUCTOR_OVERRIDES)
     return {"backend": "inductor", "mode": inductor_mode}, "inductor (mode=%s)" % inductor_mode
 
 
-def _llama_graph_patch_torchair_backend(graph_mode):
+def torchair_backend(graph_mode):
     """The torchair backend exactly as the Ascend guide configures it."""
-    import torch
-
     try:
+        # Only on an NPU: torchair is not on PyPI, and elsewhere it is absent.
         import torchair
         from torchair.configs.compiler_config import CompilerConfig
     except ImportError as error:
@@ -171,14 +222,14 @@ def _llama_graph_patch_torchair_backend(graph_mode):
     config = CompilerConfig()
     if graph_mode == "reduce-overhead":
         config.mode = "reduce-overhead"
-        if _llama_graph_patch_torch_older_than(torch.__version__, (2, 5)):
+        if torch_older_than(torch.__version__, (2, 5)):
             # torch < 2.5 can fail in the reinplace_inplaceable_ops pass (the guide's workaround).
             config.debug.aclgraph.disable_reinplace_inplaceable_ops_pass = True
     config.experimental_config.frozen_parameter = True
     return torchair.get_npu_backend(compiler_config=config)
 
 
-def _llama_graph_patch_torch_older_than(version, major_minor):
+def torch_older_than(version, major_minor):
     """Compare "2.1.0+cpu"-style versions without packaging, which the target may lack."""
     parts = []
     for piece in version.split(".")[:2]:
@@ -191,11 +242,10 @@ def _llama_graph_patch_torch_older_than(version, major_minor):
     return tuple(parts) < tuple(major_minor)
 
 
-def _llama_graph_patch_compiled_model(model, scope, options, device_type):
+def compiled_model(model, scope, options, device_type):
     """scope "model": the whole forward in one graph per call pattern (the guide's way). scope "layers":
     the decoder layer compiled once, its code serving every layer; embedding, mask, final norm and
     lm_head stay eager."""
-    import torch
 
     def compile_module(module):
         return torch.compile(module, dynamic=True, fullgraph=True, **options)
@@ -203,11 +253,11 @@ def _llama_graph_patch_compiled_model(model, scope, options, device_type):
     if scope == "model":
         return compile_module(model)
     if device_type == "cuda" and options.get("mode") in ("reduce-overhead", "max-autotune"):
-        return _LlamaGraphPatchCompiledLayers(model, lambda layer: _LlamaGraphPatchPoolCopies(compile_module(layer)))
-    return _LlamaGraphPatchCompiledLayers(model, compile_module)
+        return CompiledLayers(model, lambda layer: PoolCopies(compile_module(layer)))
+    return CompiledLayers(model, compile_module)
 
 
-class _LlamaGraphPatchPoolCopies(object):
+class PoolCopies(object):
     """A decoder layer compiled with CUDA graphs. Every compiled call starts a new generation of inductor's
     cudagraph trees, so the next layer's replay of the same graph would overwrite this layer's outputs
     (its hidden states and keys and values) in the graph pool: copy them out, keep what aliases an input."""
@@ -216,9 +266,6 @@ class _LlamaGraphPatchPoolCopies(object):
         self.compiled = compiled
 
     def __call__(self, *args, **kwargs):
-        import torch
-        from torch.utils import _pytree
-
         inputs = {leaf.data_ptr() for leaf in _pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)}
         return _pytree.tree_map(
             lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) and leaf.data_ptr() not in inputs else leaf,
@@ -226,20 +273,18 @@ class _LlamaGraphPatchPoolCopies(object):
         )
 
 
-def _llama_graph_patch_layers_are_indexed(model):
+def layers_are_indexed(model):
     """Whether the model's layers hold their own index (`layer_idx`, transformers 4.36 and later): dynamo then
     specialises on it, and the code compiled for one layer cannot serve the others."""
     indices = {getattr(module, "layer_idx", None) for module in model.modules()}
     return len(indices - {None}) > 1  # walks the modules: a generate call's cost, not a step's
 
 
-class _LlamaGraphPatchCompiledLayers(object):
+class CompiledLayers(object):
     """Calls `model` with its decoder layers (its one nn.ModuleList) swapped for compiled ones while the call
     runs. Since dynamo takes a layer's weights as inputs, the code compiled for one layer serves them all."""
 
     def __init__(self, model, compile_layer):
-        import torch
-
         paths = [name for name, module in model.named_modules() if isinstance(module, torch.nn.ModuleList)]
         if len(paths) != 1:
             raise ValueError(
@@ -266,7 +311,10 @@ class _LlamaGraphPatchCompiledLayers(object):
             self.layers.__dict__["_modules"] = held
 
 
-class _LlamaGraphPatchRunner(object):
+# -- running the compiled model inside the generation loop -------------------------------------------------
+
+
+class Runner(object):
     """The model as one generation loop sees it: attributes are the model's, calls run the compiled model.
 
     A call that torch does not compile (dynamo's recompile limit, LLAMA_GRAPH_PATCH_MAX_GRAPHS, any
@@ -289,20 +337,18 @@ class _LlamaGraphPatchRunner(object):
         return getattr(self.__model, name)
 
     def __call__(self, *args, **kwargs):
-        import torch
-
         if self.__eager:
             return self.__model(*args, **kwargs)
-        stats = _llama_graph_patch_dynamo_stats()
+        stats = dynamo_stats()
         before = stats["unique_graphs"]
         try:
             if torch.is_inference_mode_enabled():
                 # Tensors made under inference_mode carry other dispatch keys than those made under no_grad,
                 # and dynamo would compile apart for them (pipeline() generates under inference_mode).
                 with torch.inference_mode(False), torch.no_grad():
-                    outputs = self.__call_compiled(*_llama_graph_patch_model_inputs(args, kwargs, ordinary=True))
+                    outputs = self.__call_compiled(*model_inputs(args, kwargs, ordinary=True))
             else:
-                outputs = self.__call_compiled(*_llama_graph_patch_model_inputs(args, kwargs, ordinary=False))
+                outputs = self.__call_compiled(*model_inputs(args, kwargs, ordinary=False))
         except Exception as error:
             if self.__strict:
                 raise
@@ -315,14 +361,15 @@ class _LlamaGraphPatchRunner(object):
         if self.__first:
             # The prefill graph hands out keys and values in another memory layout than decode steps do;
             # without this copy the second decode step would compile a third graph for it.
-            _llama_graph_patch_contiguous_cache(outputs)
+            contiguous_cache(outputs)
             self.__first = False
         return outputs
 
     def llama_graph_patch_finish(self):
-        """After the generation loop: keep what this call compiled in the compile cache."""
+        """After the generation loop: keep what this call compiled in the compile cache. (Named apart from
+        anything a model may have, since every other attribute is the model's.)"""
         if self.__new_graphs and self.__cache is not None:
-            _llama_graph_patch_save_compile_cache(self.__cache)
+            save_compile_cache(self.__cache)
 
     def __call_compiled(self, args, kwargs):
         for module in self.__state["sdpa_masks"]:
@@ -334,8 +381,6 @@ class _LlamaGraphPatchRunner(object):
                 module._use_sdpa = True
 
     def __call_within_budget(self, args, kwargs):
-        import torch
-
         if self.__state["graphs"] < self.__budget:
             return self.__compiled(*args, **kwargs)
         if not hasattr(torch.compiler, "set_stance"):  # torch < 2.6: no way to run compiled without compiling
@@ -344,10 +389,6 @@ class _LlamaGraphPatchRunner(object):
             return self.__compiled(*args, **kwargs)
 
     def __fall_back(self, error):
-        import logging
-
-        import torch
-
         self.__eager = True
         name = type(self.__model).__name__
         graphs = self.__state["graphs"]
@@ -363,7 +404,6 @@ class _LlamaGraphPatchRunner(object):
             cause = "torch.compile failed: %s: %s" % (type(error).__name__, first_line)
             fix = "set LLAMA_GRAPH_PATCH_STRICT=1 to raise the error, or EXE_MODE=eager"
         message = "llama-graph-patch: %s runs eager for the rest of this generate call: %s; %s" % (name, cause, fix)
-        logger = logging.getLogger("llama_graph_patch")
         if self.__state["warned"]:
             logger.info(message)
         else:
@@ -371,46 +411,42 @@ class _LlamaGraphPatchRunner(object):
             logger.warning(message)
 
 
-def _llama_graph_patch_dynamo_stats():
+def dynamo_stats():
     """dynamo's running totals, unique_graphs among them: the graphs compiled so far in this process."""
+    # Imported on the first compiled call, so that importing transformers does not load dynamo.
     from torch._dynamo.utils import counters
 
     return counters["stats"]
 
 
-def _llama_graph_patch_model_inputs(args, kwargs, ordinary):
+def model_inputs(args, kwargs, ordinary):
     """The model call's arguments as the compiled model should see them, to keep its guards few.
 
     A top-level tensor that is a view (decode steps feed `input_ids[:, -1:]`) becomes a compact copy:
     dynamo guards on views, their strides and storage offsets, and for a batch of one those change every
-    step. With
-    `ordinary`, every inference tensor, also inside past_key_values, becomes an ordinary copy; call it
-    outside inference mode then.
+    step. With `ordinary`, every inference tensor, also inside past_key_values, becomes an ordinary copy;
+    call it outside inference mode then.
     """
-    import torch
 
     def top(value):
         if isinstance(value, torch.Tensor):
             if value._base is not None or not value.is_contiguous() or (ordinary and value.is_inference()):
                 return value.clone(memory_format=torch.contiguous_format)
             return value
-        return _llama_graph_patch_ordinary(value) if ordinary else value
+        return without_inference_tensors(value) if ordinary else value
 
     return tuple(top(value) for value in args), {name: top(value) for name, value in kwargs.items()}
 
 
-def _llama_graph_patch_ordinary(value):
+def without_inference_tensors(value):
     """`value` with every inference tensor in it (also inside tuples, lists and dicts) replaced by an
     ordinary copy. Call outside inference mode."""
-    import torch
-    from torch.utils import _pytree
-
     return _pytree.tree_map(
         lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) and leaf.is_inference() else leaf, value
     )
 
 
-def _llama_graph_patch_contiguous_cache(outputs):
+def contiguous_cache(outputs):
     """Make the keys and values in `outputs.past_key_values` contiguous, as decode steps hand them out."""
     past = getattr(outputs, "past_key_values", None)
     if isinstance(past, tuple):
@@ -420,9 +456,206 @@ def _llama_graph_patch_contiguous_cache(outputs):
         past.value_cache[:] = [tensor.contiguous() for tensor in past.value_cache]
 
 
-def _llama_graph_patch_finish(model, timer):
-    """After the generation loop: write the step timing, and save compile artifacts if this call compiled."""
-    if timer is not None:
-        timer.write()
-    if isinstance(model, _LlamaGraphPatchRunner):
-        model.llama_graph_patch_finish()
+# -- the persistent compile cache -----------------------------------------------------------------------
+#
+# Everything lives under the tool's cache root, LLAMA_GRAPH_PATCH_CACHE (default ~/.cache/llama-graph-patch),
+# in its compile/ folder:
+#
+#     compile/inductor/            inductor's own on-disk caches (TORCHINDUCTOR_CACHE_DIR, unless already set)
+#     compile/artifacts/KEY.bin    torch.compiler.save_cache_artifacts() output, one file per model shape,
+#                                  dtype, device, mode, scope, KV cache and torch version: a JSON header
+#                                  line, then the artifact bytes
+#
+# An artifact file is loaded before the model's first compile in a process and written after a generate
+# call that compiled, whole (a temporary file renamed over it) and under an flock, so processes sharing the
+# folder never see half a file. One that cannot be used gives one WARNING and a normal compile.
+
+
+def cache_root():
+    """LLAMA_GRAPH_PATCH_CACHE, else llama-graph-patch/ in the user's cache folder (XDG_CACHE_HOME)."""
+    root = os.environ.get("LLAMA_GRAPH_PATCH_CACHE")
+    if root:
+        return root
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "llama-graph-patch")
+
+
+def open_compile_cache(model, device, description):
+    """Point inductor's caches into the cache root and load this model's artifact file. Returns what
+    saving needs later (with "state": "warm" when something was loaded, else "cold"), or None when there
+    is no cache: LLAMA_GRAPH_PATCH_COMPILE_CACHE=0, or an NPU (README: torchair compiles through GE,
+    which torch's caches do not hold)."""
+    if setting("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "1", ("1", "0")) == "0" or device.type == "npu":
+        return None
+    folder = os.path.join(cache_root(), "compile")
+    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    # Importing torch._inductor sets the variable to its default, a folder in /tmp: replace that one only.
+    if inductor is None or is_inductor_default(inductor):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(folder, "inductor")
+    key = dict(description)
+    key.update(
+        model=type(model).__name__,
+        config={
+            name: value
+            for name, value in sorted(model.config.to_dict().items())
+            if isinstance(value, (int, float, str)) and not name.startswith("_") and name != "transformers_version"
+        },
+        dtype=str(model.dtype),
+        device=device.type if device.type != "cuda" else "cuda " + torch.cuda.get_device_name(device),
+        torch=torch.__version__,
+    )
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
+    cache = {"path": os.path.join(folder, "artifacts", digest + ".bin"), "key": key, "state": "cold"}
+    if not hasattr(torch.compiler, "load_cache_artifacts"):  # torch < 2.7: inductor's caches only
+        inductor = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        cache["state"] = "warm" if os.path.isdir(inductor) and os.listdir(inductor) else "cold"
+        return cache
+    if os.path.exists(cache["path"]):
+        try:
+            torch.compiler.load_cache_artifacts(read_artifacts(cache["path"], key))
+            cache["state"] = "warm"
+        except Exception as error:  # whatever is wrong with the file, compiling as usual is right
+            logger.warning(
+                "llama-graph-patch: not using the compile artifacts in %s (%s); compiling as usual, and the file "
+                "is replaced after this compile",
+                cache["path"],
+                error,
+            )
+    return cache
+
+
+def is_inductor_default(folder):
+    """Whether `folder` is inductor's default cache folder, torchinductor_USER in the temporary folder."""
+    folder = os.path.abspath(folder)
+    return os.path.dirname(folder) == os.path.abspath(tempfile.gettempdir()) and os.path.basename(
+        folder
+    ).startswith("torchinductor_")
+
+
+def read_artifacts(path, key):
+    """The artifact bytes of `path`, after checking that its header names this key and its bytes are whole."""
+    with open(path, "rb") as source:
+        header_line = source.readline()
+        payload = source.read()
+    try:
+        header = json.loads(header_line.decode("utf-8"))
+    except ValueError:
+        raise ValueError("unreadable: not a llama-graph-patch artifact file")
+    if not isinstance(header, dict) or header.get("format") != ARTIFACT_FORMAT:
+        raise ValueError("unreadable: not a llama-graph-patch artifact file")
+    if header.get("key") != key:
+        stored = header.get("key") or {}
+        if isinstance(stored, dict) and stored.get("torch") != key["torch"]:
+            raise ValueError("stale: written by torch %s, this is torch %s" % (stored.get("torch"), key["torch"]))
+        raise ValueError("foreign: written for another model, dtype, device, mode, scope or KV cache")
+    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise ValueError("damaged: its bytes do not match the checksum in its header")
+    return payload
+
+
+def save_compile_cache(cache):
+    """Write everything torch compiled in this process to the artifact file, atomically and under a lock.
+    A failure to write is a WARNING: the generate call already has its tokens."""
+    if not hasattr(torch.compiler, "save_cache_artifacts"):
+        return
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        return
+    payload = saved[0]
+    header = {"format": ARTIFACT_FORMAT, "key": cache["key"], "sha256": hashlib.sha256(payload).hexdigest()}
+    folder = os.path.dirname(cache["path"])
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with FileLock(cache["path"] + ".lock"):
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".artifacts.", suffix=".tmp")
+            try:
+                with os.fdopen(handle, "wb") as sink:
+                    sink.write(json.dumps(header, sort_keys=True).encode("utf-8") + b"\n")
+                    sink.write(payload)
+                    sink.flush()
+                    os.fsync(sink.fileno())
+                os.replace(temporary, cache["path"])
+            except BaseException:
+                if os.path.exists(temporary):
+                    os.unlink(temporary)
+                raise
+    except OSError as error:
+        logger.warning("llama-graph-patch: could not save compile artifacts to %s: %s", cache["path"], error)
+        return
+    logger.info("llama-graph-patch: saved %.1f MB of compile artifacts to %s", len(payload) / 2**20, cache["path"])
+
+
+class FileLock(object):
+    """An exclusive flock on `path` while the block runs; no lock where fcntl is missing (Windows), where
+    the atomic rename alone keeps the file whole."""
+
+    def __init__(self, path):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self):
+        try:
+            import fcntl  # POSIX only
+        except ImportError:
+            return self
+        self.handle = open(self.path, "a")
+        fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.handle is not None:
+            self.handle.close()  # closing releases the flock
+        return False
+
+
+# -- per-step timing ------------------------------------------------------------------------------------
+
+
+class StepTimer(object):
+    """Device-synchronized wall time of each forward step, written as JSON lines when generation ends."""
+
+    def __init__(self, path, device, batch_size, method):
+        self.path = path
+        self.batch_size = int(batch_size)  # rows the model sees: batch x beams in the beam searches
+        self.method = method
+        self.clock = time.perf_counter
+        self.synchronize = synchronizer(device)
+        self.started = 0.0
+        self.steps = []  # (milliseconds, tokens fed) per step, kept in memory: no file I/O in the loop
+
+    def start(self):
+        self.synchronize()
+        self.started = self.clock()
+
+    def stop(self, model_inputs):
+        self.synchronize()
+        elapsed_ms = (self.clock() - self.started) * 1000.0
+        fed = model_inputs.get("input_ids")
+        if fed is None:
+            fed = model_inputs["inputs_embeds"]
+        self.steps.append((elapsed_ms, int(fed.shape[1])))
+
+    def write(self):
+        lines = []
+        for step, (elapsed_ms, input_len) in enumerate(self.steps):
+            record = {
+                "step": step,
+                "method": self.method,
+                "phase": "prefill" if step == 0 else "decode",
+                "ms": elapsed_ms,
+                "batch_size": self.batch_size,
+                "input_len": input_len,
+            }
+            lines.append(json.dumps(record) + "\n")
+        with open(self.path, "a", encoding="utf-8") as sink:
+            sink.write("".join(lines))
+        self.steps = []
+
+
+def synchronizer(device):
+    """Wait for the device's queued work: torch.npu on npu, torch.cuda on cuda, nothing on cpu."""
+    if device.type == "npu":
+        return torch.npu.synchronize
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None

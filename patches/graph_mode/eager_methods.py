@@ -7,4 +7,4 @@ As in generation_loop.py, the body of `at_start` is copied, `method_name` replac
 
 def at_start(self, method_name):
     # llama-graph-patch: this decoding method is not compiled; under EXE_MODE=dynamo it says so
-    _llama_graph_patch_runs_eager(self, method_name)
+    _llama_graph_patch.runs_eager(self, method_name)

@@ -1,21 +1,31 @@
-"""Helpers the static-cache patch appends to transformers/models/llama/modeling_llama.py.
-
-Same rules as graph_mode/generation_utils.py. These run inside modeling_llama.py, so they use its own
-`apply_rotary_pos_emb`, `repeat_kv` and `BaseModelOutputWithPast`.
+"""A fixed-size KV cache for transformers 4.31.0's Llama: installed by llama-graph-patch (static-cache
+patch) as transformers/models/llama/_llama_graph_patch_static_cache.py, and removed by
+`llama-graph-patch revert`. modeling_llama.py's LlamaAttention, LlamaModel and LlamaForCausalLM dispatch
+here when a generate call runs with this cache; it uses modeling_llama's own `apply_rotary_pos_emb` and
+`repeat_kv`.
 
 The idea (upstream torchair's and gpt-fast's): allocate every layer's keys and values once per generate
 call at (batch, kv_heads, prompt + new tokens, head_dim), write each step's keys and values in place at
 their slots, and attend over the whole fixed-length cache with a mask for padding and for slots not yet
 written. Every decode step then feeds the model tensors of identical shapes, so one compiled graph
 serves them all and graph capture (CUDA graphs, aclgraph) can replay it.
+
+Like the graph-mode runtime, it is copied byte for byte, imports nothing from llama-graph-patch and parses
+with the Python 3.8 grammar. LLAMA_GRAPH_PATCH_STATIC_CACHE=1 (default) | 0 switches it on or off.
 """
 
-# ---------------------------------------------------------------------------------------------------
-# Added by llama-graph-patch (static-cache patch); `llama-graph-patch revert` removes it.
-# ---------------------------------------------------------------------------------------------------
+import logging
+import math
+
+import torch
+
+from ...modeling_outputs import BaseModelOutputWithPast
+from . import modeling_llama  # imported while modeling_llama itself loads: use its names at call time only
+
+logger = logging.getLogger("llama_graph_patch")
 
 
-class LlamaGraphPatchStaticLayer(object):
+class StaticLayer(object):
     """One decoder layer's part of the static cache, as one forward step sees it."""
 
     def __init__(self, key, value, slots):
@@ -24,13 +34,10 @@ class LlamaGraphPatchStaticLayer(object):
         self.slots = slots  # (new_tokens,) int64: the cache positions of the tokens fed in this step
 
 
-class LlamaGraphPatchStaticCache(object):
+class StaticCache(object):
     """Fixed-size keys and values of every layer, kept on the model and reused while the shape fits."""
 
     def __init__(self, config, batch_size, max_length, dtype, device):
-        import torch
-        import torch._dynamo
-
         head_dim = config.hidden_size // config.num_attention_heads
         self.shape = (batch_size, config.num_key_value_heads, max_length, head_dim)
         self.dtype = dtype
@@ -40,7 +47,9 @@ class LlamaGraphPatchStaticCache(object):
         with torch.inference_mode(False):
             self.keys = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
             self.values = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        mark_static_address = getattr(torch._dynamo, "mark_static_address", None)
+        import torch._dynamo as dynamo  # only once a static cache is made: importing transformers does not load it
+
+        mark_static_address = getattr(dynamo, "mark_static_address", None)
         if mark_static_address is not None:
             # Graph capture then updates these buffers in place instead of copying them on every replay.
             # guard=False: a new cache of another size reuses the compiled graphs instead of compiling anew.
@@ -70,7 +79,7 @@ class LlamaGraphPatchStaticCache(object):
         self.written = 0
 
     def layers(self, slots):
-        return tuple(LlamaGraphPatchStaticLayer(key, value, slots) for key, value in zip(self.keys, self.values))
+        return tuple(StaticLayer(key, value, slots) for key, value in zip(self.keys, self.values))
 
     def __repr__(self):
         return "%d layers x 2 x %s %s, %.1f MB" % (
@@ -81,13 +90,11 @@ class LlamaGraphPatchStaticCache(object):
         )
 
 
-def llama_graph_patch_allocate_static_cache(model, batch_size, max_length, device):
+def allocate(model, batch_size, max_length, device):
     """The model's static cache for this call: the previous one zeroed if the call fits in it, else a new one
     in its place. The model never holds more than one."""
-    import logging
-
     if getattr(model.config, "pretraining_tp", 1) > 1:
-        logging.getLogger("llama_graph_patch").warning(
+        logger.warning(
             "llama-graph-patch: no static KV cache for pretraining_tp > 1; using the growing cache"
         )
         return None
@@ -96,16 +103,14 @@ def llama_graph_patch_allocate_static_cache(model, batch_size, max_length, devic
         cache.reset()
     else:
         cache = None  # free the old buffers before taking new ones
-        cache = LlamaGraphPatchStaticCache(model.config, batch_size, max_length, model.dtype, device)
+        cache = StaticCache(model.config, batch_size, max_length, model.dtype, device)
     model.__dict__["llama_graph_patch_kv_cache"] = cache  # __dict__: not a registered buffer or weight
     return cache
 
 
-def llama_graph_patch_static_inputs(cache, input_ids, attention_mask):
+def static_inputs(cache, input_ids, attention_mask):
     """Model inputs for one step: the tokens not yet in the cache, their slots, their positions, and the
     attention mask padded to the cache length. Decode steps get the same shapes every time."""
-    import torch
-
     length = input_ids.shape[1]
     start = cache.written
     if attention_mask is None:
@@ -124,7 +129,7 @@ def llama_graph_patch_static_inputs(cache, input_ids, attention_mask):
     }
 
 
-def llama_graph_patch_static_model_forward(
+def model_forward(
     model,
     input_ids,
     attention_mask,
@@ -136,8 +141,6 @@ def llama_graph_patch_static_model_forward(
     return_dict,
 ):
     """LlamaModel.forward over a static cache. attention_mask: (batch, max_length), 1 for tokens."""
-    import torch
-
     config = model.config
     output_attentions = config.output_attentions if output_attentions is None else output_attentions
     output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -180,13 +183,9 @@ def llama_graph_patch_static_model_forward(
     )
 
 
-def llama_graph_patch_static_attention(attention, hidden_states, attention_mask, position_ids, cache, output_attentions):
+def attention_forward(attention, hidden_states, attention_mask, position_ids, cache, output_attentions):
     """LlamaAttention.forward over one layer of the static cache; attention_mask is additive,
     (batch, 1, new_tokens, max_length)."""
-    import math
-
-    import torch
-
     batch, new_tokens, _ = hidden_states.size()
     head_dim = attention.head_dim
     query = attention.q_proj(hidden_states).view(batch, new_tokens, attention.num_heads, head_dim).transpose(1, 2)
@@ -194,12 +193,12 @@ def llama_graph_patch_static_attention(attention, hidden_states, attention_mask,
     value = attention.v_proj(hidden_states).view(batch, new_tokens, attention.num_key_value_heads, head_dim)
     key, value = key.transpose(1, 2), value.transpose(1, 2)
     cos, sin = attention.rotary_emb(value, seq_len=cache.key.shape[2])
-    query, key = apply_rotary_pos_emb(query, key, cos, sin, position_ids)
-    llama_graph_patch_write_cache(cache.key, key, cache.slots)
-    llama_graph_patch_write_cache(cache.value, value, cache.slots)
+    query, key = modeling_llama.apply_rotary_pos_emb(query, key, cos, sin, position_ids)
+    write_cache(cache.key, key, cache.slots)
+    write_cache(cache.value, value, cache.slots)
 
-    keys = repeat_kv(cache.key, attention.num_key_value_groups)
-    values = repeat_kv(cache.value, attention.num_key_value_groups)
+    keys = modeling_llama.repeat_kv(cache.key, attention.num_key_value_groups)
+    values = modeling_llama.repeat_kv(cache.value, attention.num_key_value_groups)
     weights = torch.matmul(query, keys.transpose(2, 3)) / math.sqrt(head_dim) + attention_mask
     weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     output = torch.matmul(weights, values).transpose(1, 2).contiguous()
@@ -207,11 +206,11 @@ def llama_graph_patch_static_attention(attention, hidden_states, attention_mask,
     return output, (weights if output_attentions else None), None
 
 
-def llama_graph_patch_write_cache(cache, states, slots):
+def write_cache(cache, states, slots):
     """cache[:, :, slots] = states, in place. On NPU: torch_npu.scatter_update_, the in-place update that
     torchair keeps inside a captured graph, with one start position per batch row."""
     if cache.device.type == "npu":
-        import torch_npu
+        import torch_npu  # only on an NPU, where it is installed
 
         starts = slots[:1].expand(cache.shape[0]).contiguous()
         torch_npu.scatter_update_(cache, starts, states, 2)

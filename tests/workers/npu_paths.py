@@ -5,6 +5,7 @@ of what the stand-ins and torch.compile were asked. No NPU is involved: the mode
 only the device type the patch dispatches on says "npu".
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -14,8 +15,7 @@ import torch
 import torch_npu  # the stand-in: installs torch.npu
 import torchair  # the stand-in
 from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.generation import utils
-from transformers.models.llama import modeling_llama
+from transformers.generation import _llama_graph_patch as runtime
 
 
 class OnNpu:
@@ -49,7 +49,7 @@ def compile_on_npu(graph_mode, torch_version, scope="model"):
     captured_before = len(torchair.captured_graphs)
     torch.compile, real_version, torch.__version__ = recording_compile, torch.__version__, torch_version
     try:
-        compiled = utils._llama_graph_patch_compile(model, OnNpu(torch.zeros(1, 4)))
+        compiled = runtime.compile_for_generation(model, OnNpu(torch.zeros(1, 4)))
     finally:
         torch.compile, torch.__version__ = real_compile, real_version
     config = torchair.received_configs[-1]
@@ -73,7 +73,7 @@ def synchronize_calls(device_type):
     cuda_calls = []
     torch.cuda.synchronize = lambda device=None: cuda_calls.append(device)
     before = len(torch_npu.synchronize_calls)
-    timer = utils._LlamaGraphPatchStepTimer(os.devnull, SimpleNamespace(type=device_type), 1, "sample")
+    timer = runtime.StepTimer(os.devnull, SimpleNamespace(type=device_type), 1, "sample")
     timer.start()
     timer.stop({"input_ids": torch.zeros(1, 3)})
     return {"npu": len(torch_npu.synchronize_calls) - before, "cuda": len(cuda_calls)}
@@ -83,9 +83,15 @@ def static_cache_write_on_npu():
     cache = torch.zeros(2, 3, 8, 4)
     states = torch.randn(2, 3, 1, 4)
     slots = torch.tensor([5])
-    modeling_llama.llama_graph_patch_write_cache(OnNpu(cache), states, slots)
+    from transformers.models.llama import _llama_graph_patch_static_cache
+
+    _llama_graph_patch_static_cache.write_cache(OnNpu(cache), states, slots)
     expected = torch.zeros(2, 3, 8, 4).index_copy_(2, slots, states)
     return {"scatter_updates": torch_npu.scatter_updates, "same_as_index_copy": torch.equal(cache, expected)}
+
+
+def static_cache_installed():
+    return importlib.util.find_spec("transformers.models.llama._llama_graph_patch_static_cache") is not None
 
 
 def main():
@@ -96,9 +102,9 @@ def main():
         "reduce_overhead": compile_on_npu("reduce-overhead", "2.5.1"),
         "reduce_overhead_torch_2_1": compile_on_npu("reduce-overhead", "2.1.0+cpu"),
         "reduce_overhead_layers": compile_on_npu("reduce-overhead", "2.5.1", scope="layers"),
-        "timer_when_unset": utils._llama_graph_patch_step_timer(torch.zeros(1, 2), "sample") is None,
+        "timer_when_unset": runtime.step_timer(torch.zeros(1, 2), "sample") is None,
         "synchronize": {kind: synchronize_calls(kind) for kind in ("npu", "cuda", "cpu")},
-        "static_cache_write": static_cache_write_on_npu() if hasattr(modeling_llama, "llama_graph_patch_write_cache") else None,
+        "static_cache_write": static_cache_write_on_npu() if static_cache_installed() else None,
     }
     json.dump(report, sys.stdout)
 

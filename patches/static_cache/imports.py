@@ -1,0 +1,4 @@
+"""The one import the static-cache patch adds to transformers/models/llama/modeling_llama.py, after the
+module's own imports: the static cache module its dispatches call, installed next to it."""
+
+from . import _llama_graph_patch_static_cache  # added by llama-graph-patch (static KV cache)
