@@ -1,6 +1,6 @@
 """Statements the graph-mode patch puts into GenerationMixin's decoding methods (greedy_search, sample and the
 beam searches of transformers 4.31.0). They call the graph-mode runtime, transformers/generation/
-_llama_graph_patch.py, which imports.py imports into generation/utils.py.
+_llama_graph_patch.py, which the import in imports.py brings into generation/utils.py.
 
 Each function names a place in the method; the codemods copy its body there. The functions are
 containers only: their parameters list the method's names the body uses, and `method_name`, which the
