@@ -154,7 +154,8 @@ def inspect(target: Target, state: State | None = None, compare: bool = False) -
     files, problems = [], []
     for name in in_catalog_order(record.files):
         hashes, current = record.files[name], state.current(name)
-        if digest(current) == hashes.patched_sha256:
+        found = digest(current)
+        if found == hashes.patched_sha256:
             file_state = "patched"
         else:
             file_state = "modified"
@@ -162,16 +163,14 @@ def inspect(target: Target, state: State | None = None, compare: bool = False) -
                 "is missing"
                 if current is None
                 else "equals the original again (was transformers reinstalled?)"
-                if digest(current) == hashes.original_sha256
+                if found == hashes.original_sha256
                 else "was edited"
             )
             problems.append(f"{target.path(name)} {why}")
         patches = [patch.name for patch in resolve(record.patches) if name in files_of([patch])]
         files.append({"file": name, "state": file_state, "patches": patches})
     if problems or stray:
-        # What a reinstall of transformers leaves behind, and revert --force deletes.
-        modules = [str(target.path(name)) for name, hashes in record.files.items()
-                   if hashes.original_sha256 is None and state.current(name) is not None]
+        modules = [str(target.path(name)) for name in added_and_present(state, record)]
         detail = (
             f"{'; '.join(problems)} since llama-graph-patch applied {'+'.join(record.patches)} to transformers "
             f"{record.transformers_version}. Nothing was touched. `llama-graph-patch revert --force` puts the "
@@ -187,6 +186,15 @@ def inspect(target: Target, state: State | None = None, compare: bool = False) -
     return status
 
 
+def added_and_present(state: State, record: Record) -> list[str]:
+    """The recorded modules the patches added that are still there: what a reinstall of transformers
+    leaves behind, and what revert deletes."""
+    return [
+        name for name, hashes in record.files.items()
+        if hashes.original_sha256 is None and state.current(name) is not None
+    ]
+
+
 def stray_detail(target: Target, state: State, stray: list[str]) -> str:
     return (
         f"{', '.join(str(target.path(name)) for name in stray)}: a llama-graph-patch runtime module that no record in "
@@ -196,16 +204,12 @@ def stray_detail(target: Target, state: State, stray: list[str]) -> str:
 
 
 def writes_the_same(target: Target, state: State, record: Record) -> bool:
-    """Whether this tool, applying the recorded patches to the kept originals, writes the recorded bytes."""
-    patches = resolve(record.patches)
-    if set(files_of(patches)) != set(record.files):
-        return False
-    originals = {name: state.original(name, record) for name in record.files}
+    """Whether this tool, applying the recorded patches to the kept originals, writes the recorded bytes:
+    whether apply would find nothing to change."""
     try:
-        contents = patch_files(originals, patches, target.transformers_version)[0]
+        return plan_apply(target, state, resolve(record.patches), record.tested).contents is None
     except UnexpectedCode:
         return False
-    return all(digest(contents[name]) == hashes.patched_sha256 for name, hashes in record.files.items())
 
 
 def apply(
@@ -296,8 +300,7 @@ def plan_revert(target: Target, state: State, force: bool) -> Change:
     if record.transformers_version != target.transformers_version:
         # The files now belong to another transformers release; our originals would break it. The modules
         # the patches added are ours alone: those go.
-        added = {name: None for name, hashes in record.files.items() if hashes.original_sha256 is None}
-        deleted.update({name: None for name in added if state.current(name) is not None})
+        deleted.update({name: None for name in added_and_present(state, record)})
         also = f"; deleted {', '.join(deleted)}" if deleted else ""
         reason = (
             f"the record of {'+'.join(record.patches)}: transformers is now {target.transformers_version}, the kept "
