@@ -21,8 +21,9 @@ COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
 pytestmark = pytest.mark.xdist_group("compile-cache-filled")
 
 
-def generate_with_cache(site: Path, root: Path) -> tuple[dict, str]:
-    results, log = generate(site, *COMMON, env={"LLAMA_GRAPH_PATCH_CACHE": str(root)})
+def generate_with_cache(site: Path, root: Path, scope: str = "model") -> tuple[dict, str]:
+    env = {"LLAMA_GRAPH_PATCH_CACHE": str(root), "LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope}
+    results, log = generate(site, *COMMON, env=env)
     return results["max-autotune"], log
 
 
@@ -58,6 +59,18 @@ def test_a_second_process_loads_what_the_first_saved(graph_mode_site, filled, re
     assert second["compile_cache"]["state"] == "warm"
     assert tokens(second) == reference
     assert "WARNING" not in log and "not using the compile artifacts" not in log
+
+
+@pytest.mark.slow
+def test_the_region_scope_keeps_artifacts_of_its_own(graph_mode_site, filled, reference, tmp_path):
+    first, log = generate_with_cache(graph_mode_site, tmp_path, scope="region")
+    assert first["compile_cache"]["state"] == "cold" and tokens(first) == reference
+    artifact = Path(first["compile_cache"]["path"])
+    assert json.loads(artifact.read_bytes().split(b"\n", 1)[0])["key"]["scope"] == "region"
+    assert artifact.name != Path(filled[1]["compile_cache"]["path"]).name  # not the model scope's file
+    second, log = generate_with_cache(graph_mode_site, tmp_path, scope="region")
+    assert second["compile_cache"]["state"] == "warm" and tokens(second) == reference
+    assert "WARNING" not in log
 
 
 def corrupt(path: Path, how: str) -> str:

@@ -37,11 +37,16 @@ def by_strategy(run: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
-def test_every_strategy_gives_the_tokens_of_unpatched_transformers(pristine_site, graph_mode_site, tmp_path, kv_heads):
+@pytest.mark.parametrize(
+    "kv_heads, scope", [(4, "model"), (2, "model"), (2, "region")], ids=["multi-head", "grouped-query", "region"]
+)
+def test_every_strategy_gives_the_tokens_of_unpatched_transformers(
+    pristine_site, graph_mode_site, tmp_path, kv_heads, scope
+):
     reference, _ = decode(pristine_site, "--kv-heads", kv_heads, "--modes", "reference")
     expected = {name: [call["tokens"] for call in calls] for name, calls in by_strategy(reference["reference"]).items()}
-    results, log = decode(graph_mode_site, "--kv-heads", kv_heads, "--timing-dir", tmp_path)
+    env = {"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope}
+    results, log = decode(graph_mode_site, "--kv-heads", kv_heads, "--timing-dir", tmp_path, env=env)
     for mode, run in results.items():
         calls = by_strategy(run)
         assert {name: [call["tokens"] for call in pair] for name, pair in calls.items()} == expected, mode

@@ -63,13 +63,16 @@ def test_the_graph_mode_patch_on_every_listed_release(version, tmp_path):
 # Llama has grouped-query attention from 4.31: 4.28.1 runs the same tiny model with multi-head attention.
 # The oldest, the first with transformers' Cache (and a data-dependent SDPA mask, as in 4.37), and the
 # newest release in eager and both compiled modes; 4.37.2 and the per-layer scope on 4.28.1 in max-autotune.
-# On 4.36.2 and the newest the runs ask for the per-layer scope, which steps aside there (layer_idx).
+# On 4.36.2 and the newest the runs ask for the per-layer scope, which steps aside there (layer_idx), and
+# for the region scope, which serves their Cache objects too.
 TOKEN_RUNS = [
     ("4.28.1", 4, "model", "eager,max-autotune,reduce-overhead"),
     ("4.28.1", 4, "layers", "max-autotune"),
-    ("4.36.2", 2, "layers", "eager,max-autotune,reduce-overhead"),
+    ("4.36.2", 2, "layers", "eager,max-autotune"),
+    ("4.36.2", 2, "region", "max-autotune,reduce-overhead"),
     ("4.37.2", 2, "model", "max-autotune"),
     (RELEASES[-1], 2, "layers", "eager,max-autotune,reduce-overhead"),
+    (RELEASES[-1], 2, "region", "max-autotune"),
 ]
 
 
@@ -93,7 +96,7 @@ def test_tokens_equal_the_unpatched_release(version, kv_heads, scope, modes, tmp
     assert log.count(f"scope={effective}, dynamic=True, fullgraph=True") == compiled_modes * 3  # three calls each
     stepped_aside = log.count("LLAMA_GRAPH_PATCH_COMPILE_SCOPE=layers compiles the whole model instead")
     assert stepped_aside == (compiled_modes if effective != scope else 0)
-    assert "runs eager" not in log
+    assert "runs eager" not in log and "compiles the whole model:" not in log  # the region scope kept
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ def check_timing(records: list, prompt_lengths: list, new_tokens: list, batch_si
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scope", ["model", "layers"])
+@pytest.mark.parametrize("scope", ["model", "layers", "region"])
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
 def test_greedy_tokens_match_unpatched_transformers_in_every_mode(
     pristine_site, graph_mode_site, tmp_path, kv_heads, scope
@@ -58,7 +58,9 @@ def test_greedy_tokens_match_unpatched_transformers_in_every_mode(
 
     # One log line per generate call, saying mode, backend, scope, dynamic and fullgraph.
     assert log.count("eager mode on cpu (EXE_MODE=eager), no torch.compile") == 3
-    for mode, inductor in (("max-autotune", "mode=default"), ("reduce-overhead", "mode=default, cpp_wrapper=True")):
+    # Inductor's C++ wrapper has no code for the region's invoke_subgraph: reduce-overhead@region keeps Python's.
+    reduce_overhead = "mode=reduce-overhead" if scope == "region" else "mode=default, cpp_wrapper=True"
+    for mode, inductor in (("max-autotune", "mode=default"), ("reduce-overhead", reduce_overhead)):
         line = f"dynamo mode {mode} on cpu, backend=inductor ({inductor}), scope={scope}, dynamic=True, fullgraph=True"
         assert log.count(line) == 3, log
 
@@ -81,8 +83,9 @@ print(json.dumps({"before": before, "after": after, "layers": [type(layer).__nam
 
 
 @pytest.mark.slow
-def test_the_layers_scope_follows_a_replaced_layer(graph_mode_site):
-    env = {"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": "layers"}
+@pytest.mark.parametrize("scope", ["layers", "region"])
+def test_the_layer_scopes_follow_a_replaced_layer(graph_mode_site, scope):
+    env = {"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope}
     result = run_python(["-c", LAYER_SWAP_PROBE], graph_mode_site, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -97,7 +100,7 @@ def test_the_layers_scope_follows_a_replaced_layer(graph_mode_site):
         ("EXE_MODE", "graph", "dynamo, eager"),
         ("GRAPH_MODE", "fast", "max-autotune, reduce-overhead"),
         ("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", "turbo", "default, reduce-overhead, max-autotune"),
-        ("LLAMA_GRAPH_PATCH_COMPILE_SCOPE", "blocks", "model, layers"),
+        ("LLAMA_GRAPH_PATCH_COMPILE_SCOPE", "blocks", "model, layers, region"),
         ("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "yes", "1, 0"),
     ],
 )
@@ -129,6 +132,39 @@ def test_on_cpu_reduce_overhead_takes_the_cpp_wrapper(monkeypatch, graph_mode, o
         monkeypatch.setenv("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", override)
     monkeypatch.setattr(torch, "__version__", torch_version)
     assert runtime.backend_options(graph_mode, "cpu")[0] == {"backend": "inductor", **expected}
+
+
+def test_reduce_overhead_at_region_keeps_python_s_wrapper_on_a_cpu(monkeypatch):
+    monkeypatch.delenv("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", raising=False)
+    assert runtime.backend_options("reduce-overhead", "cpu", "region")[0] == {"backend": "inductor", "mode": "reduce-overhead"}
+
+
+def tiny_model(layers=2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_the_region_scope_says_why_it_compiles_the_whole_model_instead(monkeypatch, caplog, tmp_path):
+    model = tiny_model()
+    assert runtime.region_unsupported(model, "cpu") is None
+    assert "torchair" in runtime.region_unsupported(model, "npu")
+    monkeypatch.setattr(torch, "__version__", "2.12.1")
+    assert runtime.region_unsupported(model, "cpu") == "torch 2.12.1 is older than 2.13, the oldest torch it was tested with"
+    monkeypatch.undo()
+    model.model.extra = torch.nn.ModuleList()  # a second list: which one holds the decoder layers is unknown
+    assert runtime.region_unsupported(model, "cpu") == "LlamaForCausalLM has no single list of decoder layers"
+
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_COMPILE_SCOPE", "region")
+    monkeypatch.delenv("EXE_MODE", raising=False)
+    with caplog.at_level(logging.INFO, logger="llama_graph_patch"):
+        runner = runtime.compile_for_generation(model, torch.tensor([[5, 6, 7]]))
+    assert "LLAMA_GRAPH_PATCH_COMPILE_SCOPE=region compiles the whole model: LlamaForCausalLM has no single" in caplog.text
+    assert "scope=model, dynamic=True" in caplog.text
+    assert list(model.__dict__["_llama_graph_patch"]["compiled"]) == [("inductor (mode=default)", "model")]
+    assert runner.config is model.config
 
 
 def test_layers_under_cuda_graphs_copy_their_outputs_out_of_the_pool():
@@ -198,6 +234,7 @@ def test_npu_path_calls_torchair_as_the_guide_does(graph_mode_site):
         ("reduce_overhead", "reduce-overhead", False, ["LlamaForCausalLM"]),
         ("reduce_overhead_torch_2_1", "reduce-overhead", True, ["LlamaForCausalLM"]),
         ("reduce_overhead_layers", "reduce-overhead", False, ["LlamaDecoderLayer", "LlamaDecoderLayer"]),
+        ("max_autotune_region", "max-autotune", False, ["LlamaForCausalLM"]),  # torchair: the whole model
     ):
         asked = report[case]
         assert asked["compiled"] == compiled and asked["one_backend_for_all"] is True

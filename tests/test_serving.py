@@ -42,20 +42,23 @@ SERVING_GRAPHS = [2, 4, 4, 4, 4, 4, 4, 4, 4]
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "cache, mode, kv_heads",
-    [  # every cache, mode and head layout, and every pair of them, in four runs
-        ("growing", "max-autotune", 4),
-        ("growing", "reduce-overhead", 2),
-        ("static", "max-autotune", 2),
-        ("static", "reduce-overhead", 4),
+    "cache, mode, kv_heads, scope",
+    [  # every cache, mode and head layout, and every pair of them, in four runs; then the region scope
+        ("growing", "max-autotune", 4, "model"),
+        ("growing", "reduce-overhead", 2, "model"),
+        ("static", "max-autotune", 2, "model"),
+        ("static", "reduce-overhead", 4, "model"),
+        ("growing", "max-autotune", 2, "region"),
+        ("static", "reduce-overhead", 2, "region"),
     ],
 )
 def test_a_serving_sequence_runs_with_the_tokens_of_unpatched_transformers(
-    pristine_site, graph_mode_site, static_site, tokenizer, cache, mode, kv_heads
+    pristine_site, graph_mode_site, static_site, tokenizer, cache, mode, kv_heads, scope
 ):
     reference, _ = serve(pristine_site, tokenizer, kv_heads)
     site = static_site if cache == "static" else graph_mode_site
-    report, log = serve(site, tokenizer, kv_heads, env={"EXE_MODE": "dynamo", "GRAPH_MODE": mode})
+    env = {"EXE_MODE": "dynamo", "GRAPH_MODE": mode, "LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope}
+    report, log = serve(site, tokenizer, kv_heads, env=env)
     assert results(report) == results(reference)
     assert [call["graphs"] for call in report["calls"]] == SERVING_GRAPHS, report["calls"]
     assert warnings(log) == []

@@ -15,7 +15,7 @@ PROMPT = 9
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scope", ["model", "layers"])
+@pytest.mark.parametrize("scope", ["model", "layers", "region"])
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
 def test_static_cache_matches_unpatched_transformers_without_recompiles(
     pristine_site, static_site, tmp_path, kv_heads, scope

@@ -12,13 +12,14 @@ a patched transformers keeps working after the tool is uninstalled. It parses wi
 and runs on torch 2.1 through 2.14.
 
 Run-time switches (see the llama-graph-patch README): EXE_MODE=dynamo|eager,
-GRAPH_MODE=max-autotune|reduce-overhead, LLAMA_GRAPH_PATCH_COMPILE_SCOPE=model|layers,
+GRAPH_MODE=max-autotune|reduce-overhead, LLAMA_GRAPH_PATCH_COMPILE_SCOPE=model|layers|region,
 LLAMA_GRAPH_PATCH_INDUCTOR_MODE, LLAMA_GRAPH_PATCH_MAX_GRAPHS, LLAMA_GRAPH_PATCH_STRICT,
 LLAMA_GRAPH_PATCH_TIMING=PATH, LLAMA_GRAPH_PATCH_CACHE=DIR, LLAMA_GRAPH_PATCH_COMPILE_CACHE=1|0 and
 LLAMA_GRAPH_PATCH_STATIC_CACHE=1|0.
 """
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -38,6 +39,10 @@ INDUCTOR_OVERRIDES = ("default", "reduce-overhead", "max-autotune", "max-autotun
 # Prefill and decode take one graph each; batch size 1 two more (torch specialises sizes 0 and 1). Eight is
 # also dynamo's own default limit of compiled versions per function.
 DEFAULT_MAX_GRAPHS = 8
+SCOPES = ("model", "layers", "region")
+# The oldest torch whose nested_compile_region this patch was seen to trace a Llama layer with (2.13.0);
+# older releases have the function, but their reuse of a traced region is not known to hold here.
+REGION_TORCH = (2, 13)
 ARTIFACT_FORMAT = "llama-graph-patch compile artifacts 1"
 
 
@@ -83,14 +88,19 @@ def compile_for_generation(model, input_ids):
     `input_ids` live on."""
     mode = exe_mode()
     graph_mode = setting("GRAPH_MODE", "max-autotune", ("max-autotune", "reduce-overhead"))
-    scope = setting("LLAMA_GRAPH_PATCH_COMPILE_SCOPE", "model", ("model", "layers"))
+    scope = setting("LLAMA_GRAPH_PATCH_COMPILE_SCOPE", "model", SCOPES)
     budget = count_setting("LLAMA_GRAPH_PATCH_MAX_GRAPHS", DEFAULT_MAX_GRAPHS)
     strict = setting("LLAMA_GRAPH_PATCH_STRICT", "0", ("0", "1")) == "1"
     device_type = input_ids.device.type
     if mode == "eager":
         logger.info("llama-graph-patch: eager mode on %s (EXE_MODE=eager), no torch.compile", device_type)
         return model
-    options, backend = backend_options(graph_mode, device_type)
+    if scope == "region":
+        reason = region_unsupported(model, device_type)
+        if reason is not None:
+            scope = "model"
+            logger.info("llama-graph-patch: LLAMA_GRAPH_PATCH_COMPILE_SCOPE=region compiles the whole model: %s", reason)
+    options, backend = backend_options(graph_mode, device_type, scope)
     # Kept in __dict__ so that nn.Module does not register it: one compiled model and compile cache per
     # backend and scope (a fresh torchair backend object on every generate call would make dynamo compile
     # again), and the number of graphs compiled for this model.
@@ -113,7 +123,7 @@ def compile_for_generation(model, input_ids):
         scope,
     )
     key = (backend, scope)
-    if scope == "layers" and key in state["compiled"] and not state["compiled"][key].is_current():
+    if scope != "model" and key in state["compiled"] and not state["compiled"][key].is_current():
         del state["compiled"][key]  # compile the layers the model holds now (dynamo reuses what fits)
     if key not in state["compiled"]:
         description = {"graph_mode": graph_mode, "backend": backend, "scope": scope, "kv_cache": kv_cache_kind(model)}
@@ -190,7 +200,7 @@ def without_static_cache(model, method):
 # -- how to compile -------------------------------------------------------------------------------------
 
 
-def backend_options(graph_mode, device_type):
+def backend_options(graph_mode, device_type, scope="model"):
     """torch.compile's backend options for GRAPH_MODE on this device, and how to name them in logs."""
     if device_type == "npu":
         return {"backend": torchair_backend(graph_mode)}, "torchair (%s)" % graph_mode
@@ -199,6 +209,7 @@ def backend_options(graph_mode, device_type):
         and graph_mode == "reduce-overhead"
         and "LLAMA_GRAPH_PATCH_INDUCTOR_MODE" not in os.environ
         and not torch_older_than(torch.__version__, (2, 5))
+        and scope != "region"  # the C++ wrapper has no code for invoke_subgraph (torch 2.13, 2.14)
     ):
         # A CPU has no graphs to capture; the per-step host overhead that capture removes on a device is,
         # on a CPU, Python launching each kernel. Inductor's C++ wrapper launches them from compiled code.
@@ -243,8 +254,9 @@ def torch_older_than(version, major_minor):
 
 
 def compiled_model(model, scope, options, device_type):
-    """scope "model": the whole forward in one graph per call pattern (the guide's way). scope "layers":
-    the decoder layer compiled once, its code serving every layer; embedding, mask, final norm and
+    """scope "model": the whole forward in one graph per call pattern (the guide's way). scope "region": the
+    same whole-model graph, in which the decoder layer is traced once and every layer reuses it. scope
+    "layers": the decoder layer compiled once, its code serving every layer; embedding, mask, final norm and
     lm_head stay eager."""
 
     def compile_module(module):
@@ -252,6 +264,8 @@ def compiled_model(model, scope, options, device_type):
 
     if scope == "model":
         return compile_module(model)
+    if scope == "region":
+        return Regions(model, compile_module(model))
     if device_type == "cuda" and options.get("mode") in ("reduce-overhead", "max-autotune"):
         return CompiledLayers(model, lambda layer: PoolCopies(compile_module(layer)))
     return CompiledLayers(model, compile_module)
@@ -280,23 +294,29 @@ def layers_are_indexed(model):
     return len(indices - {None}) > 1  # walks the modules: a generate call's cost, not a step's
 
 
-class CompiledLayers(object):
-    """Calls `model` with its decoder layers (its one nn.ModuleList) swapped for compiled ones while the call
-    runs. Since dynamo takes a layer's weights as inputs, the code compiled for one layer serves them all."""
+def decoder_layers_path(model):
+    """Where the model keeps its decoder layers: the path of its one nn.ModuleList, else None."""
+    paths = [name for name, module in model.named_modules() if isinstance(module, torch.nn.ModuleList)]
+    return paths[0] if len(paths) == 1 else None
 
-    def __init__(self, model, compile_layer):
-        paths = [name for name, module in model.named_modules() if isinstance(module, torch.nn.ModuleList)]
-        if len(paths) != 1:
+
+class CompiledLayers(object):
+    """Calls `model` with its decoder layers (its one nn.ModuleList) swapped for `replace(layer)` while the
+    call runs, by default the layers compiled. Since dynamo takes a layer's weights as inputs, the code
+    compiled for one layer serves them all. `call`: what to call instead of the model itself."""
+
+    def __init__(self, model, replace, call=None):
+        self.path = decoder_layers_path(model)
+        if self.path is None:
             raise ValueError(
                 "llama-graph-patch: LLAMA_GRAPH_PATCH_COMPILE_SCOPE=layers needs a model with one list of decoder "
-                "layers; %s has %d (%s). Use LLAMA_GRAPH_PATCH_COMPILE_SCOPE=model"
-                % (type(model).__name__, len(paths), ", ".join(paths) or "none")
+                "layers; %s has none or several. Use LLAMA_GRAPH_PATCH_COMPILE_SCOPE=model" % type(model).__name__
             )
         self.model = model
-        self.path = paths[0]
+        self.call = model if call is None else call
         self.layers = model.get_submodule(self.path)
         self.originals = dict(self.layers._modules)  # what was compiled: a replaced layer shows against it
-        self.compiled = {name: compile_layer(layer) for name, layer in self.originals.items()}
+        self.compiled = {name: replace(layer) for name, layer in self.originals.items()}
 
     def is_current(self):
         """False once the model holds other layers than those compiled (a layer or the list replaced)."""
@@ -306,9 +326,187 @@ class CompiledLayers(object):
         held = self.layers.__dict__["_modules"]
         self.layers.__dict__["_modules"] = self.compiled
         try:
-            return self.model(*args, **kwargs)
+            return self.call(*args, **kwargs)
         finally:
             self.layers.__dict__["_modules"] = held
+
+
+# -- scope "region": one whole-model graph, the decoder layer traced once ------------------------------------
+#
+# torch.compiler.nested_compile_region traces a function once and reuses the traced subgraph wherever it is
+# called again with inputs of the same kinds (torch/_dynamo/variables/invoke_subgraph.py, is_reuse_eligible):
+# tensors, constants and modules in; a tensor or a flat tuple of tensors out, none aliasing an input; no side
+# effects on objects from outside. A transformers decoder layer meets none of that by itself (it takes and
+# returns its KV cache as a tuple or a Cache object), so each layer is called through a small module that
+# hands the region plain tensors and puts the region's keys and values back where the model expects them.
+
+
+def region_unsupported(model, device_type):
+    """Why scope "region" cannot serve `model` here, or None if it can."""
+    if torch_older_than(torch.__version__, REGION_TORCH) or not hasattr(torch.compiler, "nested_compile_region"):
+        return "torch %s is older than %d.%d, the oldest torch it was tested with" % ((torch.__version__,) + REGION_TORCH)
+    if device_type == "npu":
+        return "torchair's graph conversion of invoke_subgraph, the region's higher-order op, is not tested here"
+    path = decoder_layers_path(model)
+    if path is None:
+        return "%s has no single list of decoder layers" % type(model).__name__
+    layers = list(model.get_submodule(path))
+    if len({type(layer) for layer in layers}) != 1:
+        return "its decoder layers are not all of one class"
+    parameters = inspect.signature(layers[0].forward).parameters
+    missing = [name for name in LAYER_PARAMETERS if name not in parameters]
+    if missing:
+        return "%s.forward takes no %s" % (type(layers[0]).__name__, ", ".join(missing))
+    return None
+
+
+LAYER_PARAMETERS = ("hidden_states", "attention_mask", "position_ids", "past_key_value", "use_cache")
+
+
+class Regions(object):
+    """The model compiled whole, its decoder layers called as one nested compile region while it runs."""
+
+    def __init__(self, model, compiled):
+        # One region function for all layers: dynamo reuses a traced region only for the same function.
+        regions = {
+            "tuple": torch.compiler.nested_compile_region(layer_with_tuple_cache),
+            "object": torch.compiler.nested_compile_region(layer_with_cache_object),
+        }
+        self.regions = regions
+        self.layers = CompiledLayers(model, lambda layer: RegionLayer(layer, regions), call=compiled)
+
+    def is_current(self):
+        return self.layers.is_current()
+
+    def __call__(self, *args, **kwargs):
+        past = kwargs.get("past_key_values")
+        fixed_head_sizes(past)
+        static_layer = type(past[0]) if past and hasattr(past[0], "slots") else None  # the static-cache patch's
+        if static_layer is not None and static_layer not in self.regions:  # made here: dynamo cannot trace this
+            self.regions[static_layer] = torch.compiler.nested_compile_region(layer_with_static_cache(static_layer))
+        # RMSNorm's epsilon and the attention's scale are Python floats; unspecialised, they would enter the
+        # region as SymFloat operands, which invoke_subgraph does not take.
+        with torch._dynamo.config.patch(specialize_float=True):
+            return self.layers(*args, **kwargs)
+
+
+def fixed_head_sizes(past_key_values):
+    """Mark the head-count and head-size dimensions of the KV cache's tensors static. Under dynamic=True they
+    would start as symbols and be specialised to constants while tracing (views by the config's head count),
+    which torch 2.13's reuse of a traced region cannot resolve (`KeyError` in stamp_out_subgraph)."""
+    for layer in past_key_values or ():
+        tensors = (getattr(layer, "key", None), getattr(layer, "value", None)) if hasattr(layer, "key") else layer
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor) and tensor.dim() == 4:
+                torch._dynamo.mark_static(tensor, 1)
+                torch._dynamo.mark_static(tensor, 3)
+
+
+class RegionLayer(torch.nn.Module):
+    """One decoder layer as the model calls it, running the layer inside a region of plain tensors."""
+
+    def __init__(self, layer, regions):
+        super().__init__()
+        self.layer = layer
+        self.regions = regions
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_value=None, output_attentions=False, use_cache=False, **kwargs):
+        cache = past_key_value
+        known = cache is None or isinstance(cache, tuple) or hasattr(cache, "slots") or type(cache).__name__ == "DynamicCache"
+        if output_attentions or not known:
+            # Attention weights are not plain outputs; another Cache class (transformers' own static cache, say)
+            # has its own update. The layer is then traced where it is called, as in the scope "model".
+            return self.layer(hidden_states, attention_mask=attention_mask, position_ids=position_ids, past_key_value=cache, output_attentions=output_attentions, use_cache=use_cache, **kwargs)
+        if hasattr(past_key_value, "slots"):  # the static-cache patch's layer: keys and values written in place
+            return (self.regions[type(cache)](self.layer, hidden_states, attention_mask, position_ids, cache.key, cache.value, cache.slots),)
+        if past_key_value is None or isinstance(past_key_value, tuple):
+            key, value = past_key_value or (None, None)
+            attention_mask = mask_sized_by_cache(attention_mask, hidden_states, key)
+            hidden, key, value = self.regions["tuple"](self.layer, hidden_states, attention_mask, position_ids, key, value, use_cache, **kwargs)
+            return (hidden, (key, value)) if use_cache else (hidden,)
+        # transformers' DynamicCache (4.36 and later), shared by all layers: the region sees this layer's part
+        index = self.layer.self_attn.layer_idx
+        key, value = (cache.key_cache[index], cache.value_cache[index]) if len(cache.key_cache) > index else (None, None)
+        attention_mask = mask_sized_by_cache(attention_mask, hidden_states, key)
+        hidden, key, value = self.regions["object"](self.layer, hidden_states, attention_mask, position_ids, key, value, **kwargs)
+        keep_in_cache(cache, index, key, value, hidden_states.shape[-2])
+        return (hidden, cache) if use_cache else (hidden,)
+
+
+def mask_sized_by_cache(attention_mask, hidden_states, key):
+    """The 4-d attention mask as a new tensor of the keys' length (past and new tokens), for the region.
+
+    Tracing finds the mask's own length equal to past length + 1 and rewrites it so; torch 2.13 then cannot
+    reuse the region for the next layer (`KeyError: s1 + 1` in stamp_out_subgraph; torch 2.14 looks sizes up
+    unrewritten). Cut to that sum and copied, the mask has no size or stride of its own left to rewrite.
+    From transformers 4.38 on the attention cuts the mask to the keys' length itself."""
+    if attention_mask is None or attention_mask.dim() != 4:
+        return attention_mask
+    length = hidden_states.shape[-2] + (0 if key is None else key.shape[-2])
+    return attention_mask[:, :, :, :length].clone(memory_format=torch.contiguous_format)
+
+
+def layer_with_tuple_cache(layer, hidden_states, attention_mask, position_ids, key, value, use_cache, **kwargs):
+    """transformers 4.28 to 4.35: the layer takes and returns its keys and values as a tuple."""
+    past = None if key is None else (key, value)
+    outputs = layer(hidden_states, attention_mask=attention_mask, position_ids=position_ids, past_key_value=past, use_cache=use_cache, **kwargs)
+    if not use_cache:
+        return outputs[0], hidden_states.new_empty(0), hidden_states.new_empty(0)
+    key, value = outputs[-1]
+    return outputs[0], key, value
+
+
+def layer_with_cache_object(layer, hidden_states, attention_mask, position_ids, key, value, **kwargs):
+    """transformers 4.36 and later: the layer updates a Cache object; here one that holds only its own part."""
+    cache = LayerCache(key, value)
+    outputs = layer(hidden_states, attention_mask=attention_mask, position_ids=position_ids, past_key_value=cache, use_cache=True, **kwargs)
+    return outputs[0], cache.key, cache.value
+
+
+def layer_with_static_cache(static_layer):
+    """The static-cache patch: the layer writes this step's keys and values into `key` and `value` in place.
+    The class of its cache layers comes in by closure: a region takes tensors, constants and modules only."""
+
+    def layer_with_static_cache(layer, hidden_states, attention_mask, position_ids, key, value, slots):
+        past = static_layer(key, value, slots)
+        return layer(hidden_states, attention_mask=attention_mask, position_ids=position_ids, past_key_value=past, use_cache=False)[0]
+
+    return layer_with_static_cache
+
+
+class LayerCache(object):
+    """One layer's keys and values as transformers' Cache API hands them to its attention (DynamicCache's
+    `update`, `get_seq_length`, `get_usable_length`), made inside the region so that it has no outside state."""
+
+    def __init__(self, key, value):
+        self.key = key
+        self.value = value
+
+    def update(self, key, value, layer_idx, cache_kwargs=None):
+        if self.key is not None:
+            key = torch.cat([self.key, key], dim=-2)
+            value = torch.cat([self.value, value], dim=-2)
+        self.key, self.value = key, value
+        return key, value
+
+    def get_seq_length(self, layer_idx=0):
+        return 0 if self.key is None else self.key.shape[-2]
+
+    def get_usable_length(self, new_seq_length, layer_idx=0):
+        return self.get_seq_length(layer_idx)
+
+
+def keep_in_cache(cache, index, key, value, new_tokens):
+    """Store a layer's keys and values in transformers' DynamicCache as its `update` does (4.36 to 4.41)."""
+    if index == 0:
+        name = "_seen_tokens" if hasattr(cache, "_seen_tokens") else "seen_tokens"  # 4.36 to 4.38: seen_tokens
+        setattr(cache, name, getattr(cache, name) + new_tokens)
+    if len(cache.key_cache) <= index:
+        cache.key_cache.append(key)
+        cache.value_cache.append(value)
+    else:
+        cache.key_cache[index] = key
+        cache.value_cache[index] = value
 
 
 # -- running the compiled model inside the generation loop -------------------------------------------------

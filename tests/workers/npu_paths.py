@@ -102,6 +102,7 @@ def main():
         "reduce_overhead": compile_on_npu("reduce-overhead", "2.5.1"),
         "reduce_overhead_torch_2_1": compile_on_npu("reduce-overhead", "2.1.0+cpu"),
         "reduce_overhead_layers": compile_on_npu("reduce-overhead", "2.5.1", scope="layers"),
+        "max_autotune_region": compile_on_npu("max-autotune", torch.__version__, scope="region"),
         "timer_when_unset": runtime.step_timer(torch.zeros(1, 2), "sample") is None,
         "synchronize": {kind: synchronize_calls(kind) for kind in ("npu", "cuda", "cpu")},
         "static_cache_write": static_cache_write_on_npu() if static_cache_installed() else None,
