@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks of the project, as one prepared run on a lent GPU machine (Python 3.12, its own torch).
 #
-#   PARTS="tiny layers" OUT=dir benchmarks/gpu_run.sh
+#   PARTS="tiny region" OUT=dir benchmarks/gpu_run.sh
 #
 # Prints the summaries and writes each part's report into $OUT as soon as the part ends (a run cut off
 # by its time limit keeps what finished); the logs go into $OUT/gpu-logs.tar.gz after every part.
 #
 # tiny:    greedy tokens of a tiny random Llama on CUDA, unpatched vs eager / max-autotune /
-#          reduce-overhead, with the growing and the static KV cache, model and layers scope.
-# layers:  bench --preset llama2-7b ... --cold: the three modes with both caches in one bench, the compiled
-#          ones in the per-layer scope (one decoder layer compiled: minutes less than the whole model)
+#          reduce-overhead, with the growing and the static KV cache, in the scopes of $TINY_SCOPES.
+# region:  bench --preset llama2-7b ... --cold: the three modes with both caches in one bench, the compiled
+#          ones in the region scope (the whole model in one graph, its decoder layer traced once)
+# layers:  the same in the per-layer scope (one decoder layer compiled: minutes less than the whole model)
 # static:  bench --preset llama2-7b ... --static-cache (all three modes, model scope)
 # growing: bench --preset llama2-7b ... (all three modes, transformers' own growing cache, model scope)
 #
@@ -22,11 +23,11 @@ PY=${PY:-python3}
 WHEELS=${WHEELS:-.whl}
 OUT=${OUT:-$PWD/gpu-out}
 WORK=${WORK:-/tmp/gpu-work}
-PARTS=${PARTS:-"tiny layers"}
+PARTS=${PARTS:-"tiny region"}
 DEVICE=${DEVICE:-cuda}
 BENCH=${BENCH:-"--preset llama2-7b --dtype float16 --batch-size 4 --input-len 1024 --max-new-tokens 256"}
 MODE_TIMEOUT=${MODE_TIMEOUT:-240}
-TINY_SCOPES=${TINY_SCOPES:-"model layers"}
+TINY_SCOPES=${TINY_SCOPES:-"model region layers"}
 TINY_MODES=${TINY_MODES:-eager,max-autotune,reduce-overhead}
 SITE=${SITE:-/tmp/site}
 REFERENCE=${REFERENCE:-/tmp/reference}
@@ -75,14 +76,16 @@ for name in (f"{cache}-{scope}" for scope in sys.argv[2].split() for cache in ("
               f"graphs after each call: {graphs}; static cache: {run['static_cache']}; CUDA graphs: {run['cuda_graphs']}")
 EOF
     ;;
-  layers)
-    log "bench, both caches, per-layer scope, each compiled mode with an empty compile cache (--cold)"
-    # the report is rewritten after every mode: a call cut off by its time limit keeps the modes that ended
-    modes=${LAYERS_MODES:-eager,reduce-overhead@layers,eager+static,reduce-overhead+static@layers,max-autotune+static@layers,max-autotune@layers}
+  region | layers)
+    log "bench, both caches, scope $part, each compiled mode with an empty compile cache (--cold)"
+    # the report is rewritten after every mode: a call cut off by its time limit keeps the modes that ended;
+    # the static cache's reduce-overhead (graph capture of the whole decode step) goes first
+    s=@$part
+    modes=${SCOPE_MODES:-eager,eager+static,reduce-overhead+static$s,max-autotune+static$s,reduce-overhead$s,max-autotune$s}
     TORCH_LOGS=recompiles "$PY" -m patcher bench $BENCH --modes "$modes" --cold --runs "${RUNS:-1}" \
-      --mode-timeout "$MODE_TIMEOUT" --keep-logs "$WORK/bench-layers-workers" \
-      --output-json "$OUT/bench-layers.json" --output-md "$OUT/bench-layers.md" 2> "$WORK/bench-layers.log"
-    log "bench layers exit code $?"
+      --mode-timeout "$MODE_TIMEOUT" --keep-logs "$WORK/bench-$part-workers" \
+      --output-json "$OUT/bench-$part.json" --output-md "$OUT/bench-$part.md" 2> "$WORK/bench-$part.log"
+    log "bench $part exit code $?"
     ;;
   static | growing)
     flag=""

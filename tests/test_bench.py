@@ -15,8 +15,9 @@ import numpy
 import pytest
 
 from helpers import python_path, run_cli
-from patcher.bench import models, stats
+from patcher.bench import models, modes, stats
 from patcher.cache import usage
+from patches.graph_mode import _llama_graph_patch as runtime
 
 MODES = ("eager", "max-autotune", "reduce-overhead")
 
@@ -194,6 +195,15 @@ def test_refusals(graph_mode_site, embedded, arguments, code, message):
     result = bench(graph_mode_site, embedded, *arguments)
     assert result.returncode == code, result.stderr
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("name, scope", [("max-autotune", "model"), ("reduce-overhead+static@region", "region"),
+                                         ("max-autotune@layers", "layers"), ("eager", None)])
+def test_a_mode_name_sets_the_scope_the_patched_transformers_reads(name, scope):
+    mode = modes.parse_mode(name)
+    assert mode.scope == scope
+    assert mode.environment()["LLAMA_GRAPH_PATCH_COMPILE_SCOPE"] == (scope or "model")
+    assert modes.SCOPES == ("model", "region", "layers") and set(modes.SCOPES) == set(runtime.SCOPES)
 
 
 def test_refuses_a_checkpoint_that_is_not_llama(graph_mode_site, embedded, tmp_path):

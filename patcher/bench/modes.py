@@ -1,7 +1,7 @@
 """Mode names of `bench --modes` and `warm --modes`, and the environment each runs under.
 
 A name is one of the guide's three modes, optionally followed by `+static` (the static KV cache) and by
-`@model` or `@layers` (LLAMA_GRAPH_PATCH_COMPILE_SCOPE), e.g. `reduce-overhead+static@layers`, so that
+`@model`, `@region` or `@layers` (LLAMA_GRAPH_PATCH_COMPILE_SCOPE), e.g. `reduce-overhead+static@region`, so that
 caches and scopes compare in one interleaved run.
 """
 
@@ -18,8 +18,8 @@ GUIDE_MODES = {
     "reduce-overhead": {"EXE_MODE": "dynamo", "GRAPH_MODE": "reduce-overhead"},
 }
 STATIC_SUFFIX = "+static"
-SCOPES = ("model", "layers")
-GRAMMAR = f"{'|'.join(GUIDE_MODES)}, optionally followed by {STATIC_SUFFIX} and by @model or @layers"
+SCOPES = ("model", "region", "layers")
+GRAMMAR = f"{'|'.join(GUIDE_MODES)}, optionally followed by {STATIC_SUFFIX} and by @model, @region or @layers"
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Mode:
     name: str  # as given on the command line
     guide_mode: str  # eager, max-autotune or reduce-overhead
     static_cache: bool
-    scope: str | None  # model or layers; None for eager, which compiles nothing
+    scope: str | None  # model, region or layers; None for eager, which compiles nothing
 
     @property
     def compiles(self) -> bool:
