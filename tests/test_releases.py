@@ -69,7 +69,7 @@ TOKEN_RUNS = [
     ("4.28.1", 4, "model", "eager,max-autotune,reduce-overhead"),
     ("4.28.1", 4, "layers", "max-autotune"),
     ("4.36.2", 2, "layers", "eager,max-autotune"),
-    ("4.36.2", 2, "region", "max-autotune,reduce-overhead"),
+    ("4.36.2", 2, "region", "reduce-overhead"),
     ("4.37.2", 2, "model", "max-autotune"),
     (RELEASES[-1], 2, "layers", "eager,max-autotune,reduce-overhead"),
     (RELEASES[-1], 2, "region", "max-autotune"),

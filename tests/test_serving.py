@@ -48,7 +48,6 @@ SERVING_GRAPHS = [2, 4, 4, 4, 4, 4, 4, 4, 4]
         ("growing", "reduce-overhead", 2, "model"),
         ("static", "max-autotune", 2, "model"),
         ("static", "reduce-overhead", 4, "model"),
-        ("growing", "max-autotune", 2, "region"),
         ("static", "reduce-overhead", 2, "region"),
     ],
 )
