@@ -294,10 +294,9 @@ def layers_are_indexed(model):
     return len(indices - {None}) > 1  # walks the modules: a generate call's cost, not a step's
 
 
-def decoder_layers_path(model):
-    """Where the model keeps its decoder layers: the path of its one nn.ModuleList, else None."""
-    paths = [name for name, module in model.named_modules() if isinstance(module, torch.nn.ModuleList)]
-    return paths[0] if len(paths) == 1 else None
+def module_lists(model):
+    """The paths of the model's nn.ModuleLists: a Llama has one, its decoder layers."""
+    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.ModuleList)]
 
 
 class CompiledLayers(object):
@@ -306,13 +305,15 @@ class CompiledLayers(object):
     compiled for one layer serves them all. `call`: what to call instead of the model itself."""
 
     def __init__(self, model, replace, call=None):
-        self.path = decoder_layers_path(model)
-        if self.path is None:
+        paths = module_lists(model)
+        if len(paths) != 1:
             raise ValueError(
                 "llama-graph-patch: LLAMA_GRAPH_PATCH_COMPILE_SCOPE=layers needs a model with one list of decoder "
-                "layers; %s has none or several. Use LLAMA_GRAPH_PATCH_COMPILE_SCOPE=model" % type(model).__name__
+                "layers; %s has %d (%s). Use LLAMA_GRAPH_PATCH_COMPILE_SCOPE=model"
+                % (type(model).__name__, len(paths), ", ".join(paths) or "none")
             )
         self.model = model
+        self.path = paths[0]
         self.call = model if call is None else call
         self.layers = model.get_submodule(self.path)
         self.originals = dict(self.layers._modules)  # what was compiled: a replaced layer shows against it
@@ -347,10 +348,10 @@ def region_unsupported(model, device_type):
         return "torch %s is older than %d.%d, the oldest torch it was tested with" % ((torch.__version__,) + REGION_TORCH)
     if device_type == "npu":
         return "torchair's graph conversion of invoke_subgraph, the region's higher-order op, is not tested here"
-    path = decoder_layers_path(model)
-    if path is None:
+    paths = module_lists(model)
+    if len(paths) != 1:
         return "%s has no single list of decoder layers" % type(model).__name__
-    layers = list(model.get_submodule(path))
+    layers = list(model.get_submodule(paths[0]))
     if len({type(layer) for layer in layers}) != 1:
         return "its decoder layers are not all of one class"
     parameters = inspect.signature(layers[0].forward).parameters
@@ -381,7 +382,7 @@ class Regions(object):
     def __call__(self, *args, **kwargs):
         past = kwargs.get("past_key_values")
         fixed_head_sizes(past)
-        static_layer = type(past[0]) if past and hasattr(past[0], "slots") else None  # the static-cache patch's
+        static_layer = type(past[0]) if past and is_static_layer(past[0]) else None
         if static_layer is not None and static_layer not in self.regions:  # made here: dynamo cannot trace this
             self.regions[static_layer] = torch.compiler.nested_compile_region(layer_with_static_cache(static_layer))
         # RMSNorm's epsilon and the attention's scale are Python floats; unspecialised, they would enter the
@@ -395,11 +396,15 @@ def fixed_head_sizes(past_key_values):
     would start as symbols and be specialised to constants while tracing (views by the config's head count),
     which torch 2.13's reuse of a traced region cannot resolve (`KeyError` in stamp_out_subgraph)."""
     for layer in past_key_values or ():
-        tensors = (getattr(layer, "key", None), getattr(layer, "value", None)) if hasattr(layer, "key") else layer
-        for tensor in tensors:
+        for tensor in (layer.key, layer.value) if is_static_layer(layer) else layer:
             if isinstance(tensor, torch.Tensor) and tensor.dim() == 4:
                 torch._dynamo.mark_static(tensor, 1)
                 torch._dynamo.mark_static(tensor, 3)
+
+
+def is_static_layer(value):
+    """Whether `value` is a layer of the static-cache patch's KV cache (keys, values and the slots to write)."""
+    return hasattr(value, "slots")
 
 
 class RegionLayer(torch.nn.Module):
@@ -412,15 +417,15 @@ class RegionLayer(torch.nn.Module):
 
     def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_value=None, output_attentions=False, use_cache=False, **kwargs):
         cache = past_key_value
-        known = cache is None or isinstance(cache, tuple) or hasattr(cache, "slots") or type(cache).__name__ == "DynamicCache"
+        known = cache is None or isinstance(cache, tuple) or is_static_layer(cache) or type(cache).__name__ == "DynamicCache"
         if output_attentions or not known:
             # Attention weights are not plain outputs; another Cache class (transformers' own static cache, say)
             # has its own update. The layer is then traced where it is called, as in the scope "model".
             return self.layer(hidden_states, attention_mask=attention_mask, position_ids=position_ids, past_key_value=cache, output_attentions=output_attentions, use_cache=use_cache, **kwargs)
-        if hasattr(past_key_value, "slots"):  # the static-cache patch's layer: keys and values written in place
+        if is_static_layer(cache):  # keys and values written in place
             return (self.regions[type(cache)](self.layer, hidden_states, attention_mask, position_ids, cache.key, cache.value, cache.slots),)
-        if past_key_value is None or isinstance(past_key_value, tuple):
-            key, value = past_key_value or (None, None)
+        if cache is None or isinstance(cache, tuple):
+            key, value = cache or (None, None)
             attention_mask = mask_sized_by_cache(attention_mask, hidden_states, key)
             hidden, key, value = self.regions["tuple"](self.layer, hidden_states, attention_mask, position_ids, key, value, use_cache, **kwargs)
             return (hidden, (key, value)) if use_cache else (hidden,)
