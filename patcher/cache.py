@@ -3,16 +3,22 @@
     $LLAMA_GRAPH_PATCH_CACHE (default ~/.cache/llama-graph-patch, under XDG_CACHE_HOME when set)
         embedded-tiny-llama-*/     the bench's embedded model
         compile/                   compile artifacts the patched transformers keeps (see README)
+            artifacts/KEY.bin      torch's caches for one model shape, mode, scope, ...
+            precompiled/KEY.bin    code compiled ahead, per phase and batch-size class
 
-The patched transformers computes the same root itself (cache_root in patches/graph_mode/_llama_graph_patch.py),
-since it may not import this tool.
+The patched transformers computes the same root itself and writes those files
+(patches/graph_mode/_llama_graph_patch_cache.py), since it may not import this tool.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+# The first line of every cache file: a JSON header whose "format" starts so (see the runtime's cache module).
+HEADER_PREFIX = "llama-graph-patch "
 
 
 def cache_root() -> Path:
@@ -54,3 +60,57 @@ def usage(folder: Path) -> Usage:
                 continue
             files += 1
     return Usage(files, sizes)
+
+
+def artifacts(folder: Path) -> list[dict]:
+    """What each cache file under `folder` (artifacts/, precompiled/) was written for, read from its header."""
+    found = []
+    for path in sorted(folder.glob("*/*.bin")):
+        try:
+            with path.open("rb") as source:
+                header = json.loads(source.readline().decode("utf-8"))
+            key = header["key"]
+            if not header["format"].startswith(HEADER_PREFIX):
+                continue
+        except (OSError, ValueError, KeyError, TypeError):
+            found.append({"file": str(path), "kind": "unreadable", "mb": path.stat().st_size / 2**20})
+            continue
+        config = key.get("config", {})
+        found.append(
+            {
+                "file": str(path),
+                "kind": path.parent.name,
+                "mb": path.stat().st_size / 2**20,
+                "mode": key.get("graph_mode"),
+                "scope": key.get("scope"),
+                "kv_cache": key.get("kv_cache"),
+                "rows": key.get("rows"),
+                "phases": [entry.get("phase") for entry in header.get("entries", [])] or None,
+                "shape": {name: config.get(name) for name in SHAPE},
+                "dtype": key.get("dtype"),
+                "device": key.get("device"),
+                "torch": key.get("torch"),
+                "transformers": key.get("transformers"),
+            }
+        )
+    return found
+
+
+SHAPE = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size")
+
+
+def describe(artifact: dict) -> str:
+    """One line for `status`."""
+    if artifact["kind"] == "unreadable":
+        return f"{artifact['file']}: unreadable, {artifact['mb']:.1f} MB"
+    shape = artifact["shape"]
+    text = (
+        f"{artifact['kind']}: {artifact['mode']}@{artifact['scope']}, {artifact['kv_cache']} KV cache, "
+        f"{shape['num_hidden_layers']} layers x {shape['hidden_size']} ({shape['num_attention_heads']} heads, "
+        f"{shape['num_key_value_heads']} KV), {artifact['dtype'].replace('torch.', '')} on {artifact['device']}"
+    )
+    if artifact["rows"]:
+        text += f", batch {artifact['rows']}"
+    if artifact["phases"]:
+        text += f", {' + '.join(artifact['phases'])}"
+    return f"{text}, torch {artifact['torch']}: {artifact['mb']:.1f} MB ({Path(artifact['file']).name})"

@@ -10,6 +10,7 @@ import sys
 import traceback
 
 from patcher import __version__, installer
+from patcher.cache import describe
 from patcher.catalog import patch_names
 from patcher.errors import PatcherError
 from patcher.locate import find_target
@@ -155,6 +156,8 @@ def run_status(args: argparse.Namespace) -> int:
     cache = report["cache"]
     print(f"cache: {cache['root']} (compile artifacts in {cache['compile']}: {cache['compile_files']} files, "
           f"{cache['compile_mb']:.1f} MB)")
+    for artifact in cache["artifacts"]:
+        print(f"  {describe(artifact)}")
     return 0
 
 

@@ -9,7 +9,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from patcher import __version__
-from patcher.cache import cache_root, compile_folder, usage
+from patcher.cache import artifacts, cache_root, compile_folder, usage
 from patcher.catalog import Patch, added_files, files_of, load_catalog, resolve
 from patcher.errors import ModifiedSinceApply, UnexpectedCode
 from patcher.locate import Target
@@ -96,6 +96,7 @@ def cache_report() -> dict:
         "compile": str(compile_folder(root)),
         "compile_files": compiled.files,
         "compile_mb": round(compiled.mb, 3),
+        "artifacts": artifacts(compile_folder(root)),
     }
 
 

@@ -64,6 +64,7 @@ STATIC_CACHE_METHODS = (
 UTILS = "transformers/generation/utils.py"
 MODELING = "transformers/models/llama/modeling_llama.py"
 GRAPH_MODE_RUNTIME = "transformers/generation/_llama_graph_patch.py"
+COMPILE_CACHE_RUNTIME = "transformers/generation/_llama_graph_patch_cache.py"
 STATIC_CACHE_RUNTIME = "transformers/models/llama/_llama_graph_patch_static_cache.py"
 
 PATCHES = (
@@ -73,7 +74,10 @@ PATCHES = (
         "releases": GRAPH_MODE_RELEASES,
         "requires": (),
         "methods": DECODING_METHODS,
-        "adds": ((GRAPH_MODE_RUNTIME, "graph_mode/_llama_graph_patch.py"),),
+        "adds": (
+            (GRAPH_MODE_RUNTIME, "graph_mode/_llama_graph_patch.py"),
+            (COMPILE_CACHE_RUNTIME, "graph_mode/_llama_graph_patch_cache.py"),
+        ),
         "edits": (
             (UTILS, "insert-imports", "graph_mode/imports.py"),
             (UTILS, "insert-before-generation-loop", "graph_mode/generation_loop.py", "compiled"),

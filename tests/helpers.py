@@ -18,6 +18,7 @@ HERE = Path(__file__).parent
 UTILS = "transformers/generation/utils.py"
 MODELING = "transformers/models/llama/modeling_llama.py"
 GRAPH_MODE_RUNTIME = "transformers/generation/_llama_graph_patch.py"
+COMPILE_CACHE_RUNTIME = "transformers/generation/_llama_graph_patch_cache.py"
 STATIC_CACHE_RUNTIME = "transformers/models/llama/_llama_graph_patch_static_cache.py"
 # Stand-ins for the Ascend packages, and modules that make importing this tool fail.
 NPU_STANDINS = HERE / "npu_standins"

@@ -15,6 +15,7 @@ import torch
 
 from helpers import generate, tokens
 from patches.graph_mode import _llama_graph_patch as runtime
+from patches.graph_mode import _llama_graph_patch_cache as compile_cache
 
 COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
 # The tests that start from the `filled` cache run in one xdist worker, which fills it once.
@@ -111,21 +112,21 @@ def test_an_unusable_artifact_gives_one_warning_and_a_normal_compile(graph_mode_
 
 CONCURRENT_SAVES = """
 import os, sys, torch
-from transformers.generation import _llama_graph_patch as runtime
+from transformers.generation import _llama_graph_patch_cache as compile_cache
 cache = {"path": sys.argv[1], "key": {"test": 1}, "state": "cold"}
 for round in range(int(sys.argv[2])):
     payload = os.urandom(int.from_bytes(os.urandom(2), "big") * 16)  # up to 1 MB, a new length each time
     torch.compiler.save_cache_artifacts = lambda: (payload, None)
-    runtime.save_compile_cache(cache)
+    compile_cache.save_compile_cache(cache)
 """
 
 CONCURRENT_READS = """
 import sys, time
-from transformers.generation import _llama_graph_patch as runtime
+from transformers.generation import _llama_graph_patch_cache as compile_cache
 path, deadline, reads = sys.argv[1], time.time() + float(sys.argv[2]), 0
 while time.time() < deadline:
     try:
-        runtime.read_artifacts(path, {"test": 1})  # raises on half a file
+        compile_cache.read_artifacts(path, {"test": 1})  # raises on half a file
         reads += 1
     except FileNotFoundError:
         pass
@@ -156,7 +157,7 @@ def open_cache_of_a_tiny_llama() -> dict | None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    return runtime.open_compile_cache(LlamaForCausalLM(config), torch.device("cpu"), {"scope": "model"})
+    return compile_cache.open_compile_cache(LlamaForCausalLM(config), torch.device("cpu"), {"scope": "model"})
 
 
 @pytest.mark.parametrize(
@@ -181,15 +182,21 @@ def test_inductor_caches_go_under_the_cache_root_unless_the_user_chose(monkeypat
 
 
 def test_the_compile_cache_can_be_switched_off(monkeypatch, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(tmp_path / "root"))
     monkeypatch.setenv("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "0")
-    assert open_cache_of_a_tiny_llama() is None and not (tmp_path / "root").exists()
+    monkeypatch.setenv("EXE_MODE", "dynamo")
+    config = LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = LlamaForCausalLM(config)
+    runtime.compile_for_generation(model, torch.zeros(1, 3, dtype=torch.long))  # compiles lazily: nothing runs
+    assert model.__dict__["_llama_graph_patch"]["cache"] is None and not (tmp_path / "root").exists()
 
 
 def test_a_cache_folder_that_cannot_be_written_is_a_warning(monkeypatch, caplog, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"artifacts", None))
-    runtime.save_compile_cache({"path": str(blocker / "artifacts" / "x.bin"), "key": {}, "state": "cold"})
+    compile_cache.save_compile_cache({"path": str(blocker / "artifacts" / "x.bin"), "key": {}, "state": "cold"})
     (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert "could not save compile artifacts" in warning and str(blocker) in warning

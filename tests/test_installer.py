@@ -17,7 +17,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from helpers import GRAPH_MODE_RUNTIME, MODELING, STATIC_CACHE_RUNTIME, UTILS, copy_transformers, python_path, run_cli
+from helpers import COMPILE_CACHE_RUNTIME, GRAPH_MODE_RUNTIME, MODELING, STATIC_CACHE_RUNTIME, UTILS, copy_transformers, python_path, run_cli
 from patcher import __version__, cli, transaction
 from patcher.catalog import resolve
 from patcher.transform import patch_file
@@ -176,7 +176,9 @@ def test_dry_run_leaves_every_file_folder_and_mtime_alone(site):
     said = dry_runs(site)
     assert said[0].startswith("already applied, nothing would change")
     assert said[1].startswith("would have switched from graph-mode to: graph-mode+static-cache")
-    assert said[2].startswith(f"would revert graph-mode: {UTILS} restored byte for byte; {GRAPH_MODE_RUNTIME} deleted")
+    assert said[2].startswith(
+        f"would revert graph-mode: {UTILS} restored byte for byte; {GRAPH_MODE_RUNTIME}, {COMPILE_CACHE_RUNTIME} deleted"
+    )
     assert snapshot(site) == before
 
 
@@ -233,7 +235,7 @@ def test_a_reinstalled_transformers_is_noticed(site, pristine_site):
     status = status_of(site)
     assert status["state"] == "modified" and "equals the original again" in status["detail"]
     assert "revert --force` puts the kept originals back" in status["detail"]
-    assert status["detail"].endswith(f"and deletes {site / GRAPH_MODE_RUNTIME}")  # pip leaves it behind
+    assert status["detail"].endswith(f"and deletes {site / GRAPH_MODE_RUNTIME}, {site / COMPILE_CACHE_RUNTIME}")  # pip leaves them
     one_line_error(run_cli("apply", "--site-packages", str(site)), 5, "reinstalled")
     assert run_cli("revert", "--force", "--site-packages", str(site)).returncode == 0
     assert status_of(site)["state"] == "unpatched" and not (site / GRAPH_MODE_RUNTIME).exists()
@@ -485,6 +487,7 @@ def test_static_cache_patches_two_files_and_switching_is_clean(site, capsys):
         UTILS: ["graph-mode", "static-cache"],
         MODELING: ["static-cache"],
         GRAPH_MODE_RUNTIME: ["graph-mode"],
+        COMPILE_CACHE_RUNTIME: ["graph-mode"],
         STATIC_CACHE_RUNTIME: ["static-cache"],
     }
     assert cli.main(["apply", "--site-packages", str(site)]) == 0
@@ -546,7 +549,7 @@ def test_a_runtime_module_left_behind_is_reported_and_revert_force_deletes_it(si
     (site / UTILS).write_bytes((pristine_site / UTILS).read_bytes())
 
     status = status_of(site)
-    assert status["state"] == "modified" and status["stray"] == [GRAPH_MODE_RUNTIME]
+    assert status["state"] == "modified" and status["stray"] == [GRAPH_MODE_RUNTIME, COMPILE_CACHE_RUNTIME]
     assert str(site / GRAPH_MODE_RUNTIME) in status["detail"] and "revert --force" in status["detail"]
     for command in ("apply", "revert"):
         one_line_error(run_cli(command, "--site-packages", str(site)), 5, str(site / GRAPH_MODE_RUNTIME), "revert --force")
@@ -561,7 +564,7 @@ def test_an_upgraded_transformers_loses_the_runtime_modules_too(site):
     set_version(site, "4.32.0")
     result = run_cli("revert", "--force", "--site-packages", str(site))
     assert result.returncode == 0, result.stderr
-    assert f"deleted {GRAPH_MODE_RUNTIME}, {STATIC_CACHE_RUNTIME}" in result.stdout
+    assert f"deleted {GRAPH_MODE_RUNTIME}, {COMPILE_CACHE_RUNTIME}, {STATIC_CACHE_RUNTIME}" in result.stdout
     assert not (site / GRAPH_MODE_RUNTIME).exists() and not (site / STATIC_CACHE_RUNTIME).exists()
     assert b"_llama_graph_patch" in (site / UTILS).read_bytes()  # 4.32.0's files: left as they are
 

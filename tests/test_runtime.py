@@ -243,6 +243,16 @@ def test_npu_path_calls_torchair_as_the_guide_does(graph_mode_site):
         assert asked["frozen_parameter"] is True
         assert asked["disable_reinplace_inplaceable_ops_pass"] is workaround
         assert asked["graphs_captured_by_backend"] >= 1 and asked["same_logits_as_eager"] is True
+    # The precompiled path: one cache_compile per phase, of a method of a module, as torchair requires,
+    # with the guide's config and a folder of its own under the cache root (tested with the stand-in only).
+    calls = report["cache_compile"]["calls"]
+    assert [call["method"] for call in calls] == ["prefill", "decode"]
+    for call, phase in zip(calls, ("prefill", "decode")):
+        assert call["of_a_module"] and call["dynamic"] is True and call["cache_dir_exists"]
+        assert call["mode"] == "reduce-overhead" and call["frozen_parameter"] is True
+        assert call["cache_dir"][:2] == ["compile", "torchair"] and call["cache_dir"][3] == f"{phase}-batch-2+"
+    assert calls[0]["cache_dir"][2] == calls[1]["cache_dir"][2]  # one key: the same model and mode
+    assert report["cache_compile"]["same_logits_as_eager"] is True
     assert report["timer_when_unset"] is True
     assert report["synchronize"] == {
         "npu": {"npu": 2, "cuda": 0},

@@ -107,3 +107,18 @@ def test_strict_mode_raises_instead(graph_mode_site, tokenizer):
     assert result.returncode != 0
     assert "RuntimeError: Detected recompile when torch.compile stance is 'fail_on_recompile'" in result.stderr
     assert "runs eager" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_serving_sequence_on_precompiled_code_has_the_tokens_of_unpatched_transformers(
+    pristine_site, graph_mode_site, tokenizer, tmp_path
+):
+    """A process that stored its code ahead (as `warm` does), then a fresh one that only loads it."""
+    reference, _ = serve(pristine_site, tokenizer, 2)
+    env = {"EXE_MODE": "dynamo", "LLAMA_GRAPH_PATCH_CACHE": str(tmp_path), "LLAMA_GRAPH_PATCH_PRECOMPILE": "store"}
+    stored, log = serve(graph_mode_site, tokenizer, 2, env=env)
+    assert results(stored) == results(reference) and warnings(log) == []
+    report, log = serve(graph_mode_site, tokenizer, 2, env={**env, "LLAMA_GRAPH_PATCH_PRECOMPILE": "load"})
+    assert results(report) == results(reference)
+    assert [call["graphs"] for call in report["calls"]] == [0] * len(SERVING_GRAPHS)  # nothing traced
+    assert warnings(log) == []

@@ -108,7 +108,7 @@ def markdown(report: dict) -> str:
         "",
         "Prefill is the first step of a generate call, decode the mean of the later steps (device-synchronized). "
         "compile s: the first generate call's time beyond a steady-state call; cache: what the compile cache held "
-        "when the mode started.",
+        "when the mode started (precompiled: code called without tracing, stored by `warm`).",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "---|" * len(headers),

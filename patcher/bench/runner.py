@@ -23,9 +23,10 @@ from patcher.bench.modes import Mode
 CACHE_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 
-def worker_environment(mode: Mode, plan: dict, folder: Path) -> dict[str, str]:
-    """The environment of one mode's worker: the mode's switches, and with --cold a private empty cache."""
-    environment = {**os.environ, **mode.environment()}
+def worker_environment(mode: Mode, plan: dict, folder: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of one mode's worker: the mode's switches (and `extra` ones), and with --cold a private
+    empty cache."""
+    environment = {**os.environ, **mode.environment(), **(extra or {})}
     environment.pop("LLAMA_GRAPH_PATCH_TIMING", None)  # the worker sets it for the measured runs only
     if plan["cold"] and mode.compiles:
         for name in CACHE_VARIABLES:
@@ -38,17 +39,26 @@ class ModeRun:
     """One mode's worker process, and what it leaves behind: result, timing records, or an error."""
 
     def __init__(
-        self, mode: Mode, plan: dict, plan_path: Path, folder: Path, timeout: float | None, label_width: int
+        self,
+        mode: Mode,
+        plan: dict,
+        plan_path: Path,
+        folder: Path,
+        timeout: float | None,
+        label_width: int,
+        environment: dict[str, str] | None = None,
+        purpose: str = "",
     ) -> None:
         from tqdm import tqdm
 
         self.mode = mode.name
-        self.result_path = folder / f"{mode.name}.result.json"
-        self.timing_path = folder / f"{mode.name}.timing.jsonl"
-        self.log_path = folder / f"{mode.name}.log"
+        name = mode.name + purpose  # the files of this run in `folder`
+        self.result_path = folder / f"{name}.result.json"
+        self.timing_path = folder / f"{name}.timing.jsonl"
+        self.log_path = folder / f"{name}.log"
         self.error: str | None = None
         self.timeout = timeout
-        environment = worker_environment(mode, plan, folder)
+        environment = worker_environment(mode, plan, folder, environment)
         command = [
             sys.executable, "-m", "patcher.bench.worker",
             "--plan", str(plan_path), "--result", str(self.result_path), "--timing", str(self.timing_path),
@@ -56,7 +66,7 @@ class ModeRun:
         self.log = open(self.log_path, "w", encoding="utf-8")
         self.bar = tqdm(
             total=(plan["warmup_runs"] + plan["runs"]) * plan["max_new_tokens"],
-            desc=mode.name.rjust(label_width), unit="tok", dynamic_ncols=True, file=sys.stderr,
+            desc=name.rjust(label_width), unit="tok", dynamic_ncols=True, file=sys.stderr,
         )
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=environment

@@ -52,6 +52,7 @@ def summarize(result: dict, records: list[dict], plan: dict, eager_tokens: list 
         "graphs": result["graphs"],
         "cuda_graphs": result["cuda_graphs"],
         "cache": result["cache"],
+        "precompiled_load_s": result.get("precompiled_load_s"),
         "peak_memory_mb": result["peak_memory_mb"],
         "token_agreement_vs_eager": agreement(result["tokens"], eager_tokens),
         "model_bytes": result["model_bytes"],

@@ -141,6 +141,7 @@ def run(plan: dict, timing_path: str) -> dict:
         "graphs": compiled_graphs(),
         "cuda_graphs": cuda_graphs_recorded(device),
         "cache": compile_cache_state(model),
+        "precompiled_load_s": precompiled_load_s(model),
         "peak_memory_mb": peak_memory_mb(device, torch),
         "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         # keys and values of every layer, per token of all rows (batch x beams)
@@ -173,9 +174,16 @@ def cuda_graphs_recorded(device) -> dict | None:
 
 
 def compile_cache_state(model) -> str | None:
-    """What the patched transformers found in the compile cache: "warm", "cold", or None (eager, no cache)."""
+    """What the patched transformers found in the compile cache: "precompiled" (code it called without
+    tracing), "warm" (torch's caches), "cold", or None (eager, or no cache)."""
     cache = model.__dict__.get("_llama_graph_patch", {}).get("cache")
     return cache["state"] if cache else None
+
+
+def precompiled_load_s(model) -> float | None:
+    """Seconds the patched transformers spent loading precompiled code, where it found some."""
+    cache = model.__dict__.get("_llama_graph_patch", {}).get("cache")
+    return cache.get("load_s") if cache and cache["state"] == "precompiled" else None
 
 
 def resolve_device(asked: str, torch):

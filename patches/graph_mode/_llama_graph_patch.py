@@ -14,20 +14,21 @@ and runs on torch 2.1 through 2.14.
 Run-time switches (see the llama-graph-patch README): EXE_MODE=dynamo|eager,
 GRAPH_MODE=max-autotune|reduce-overhead, LLAMA_GRAPH_PATCH_COMPILE_SCOPE=model|layers|region,
 LLAMA_GRAPH_PATCH_INDUCTOR_MODE, LLAMA_GRAPH_PATCH_MAX_GRAPHS, LLAMA_GRAPH_PATCH_STRICT,
-LLAMA_GRAPH_PATCH_TIMING=PATH, LLAMA_GRAPH_PATCH_CACHE=DIR, LLAMA_GRAPH_PATCH_COMPILE_CACHE=1|0 and
-LLAMA_GRAPH_PATCH_STATIC_CACHE=1|0.
+LLAMA_GRAPH_PATCH_TIMING=PATH, LLAMA_GRAPH_PATCH_CACHE=DIR, LLAMA_GRAPH_PATCH_COMPILE_CACHE=1|0,
+LLAMA_GRAPH_PATCH_PRECOMPILE=load|store|off and LLAMA_GRAPH_PATCH_STATIC_CACHE=1|0. The compile cache lives
+in _llama_graph_patch_cache.py.
 """
 
-import hashlib
 import inspect
 import json
 import logging
 import os
-import tempfile
 import time
 
 import torch
 from torch.utils import _pytree
+
+from . import _llama_graph_patch_cache as compile_cache
 
 logger = logging.getLogger("llama_graph_patch")
 
@@ -43,7 +44,6 @@ SCOPES = ("model", "layers", "region")
 # The oldest torch whose nested_compile_region this patch was seen to trace a Llama layer with (2.13.0);
 # older releases have the function, but their reuse of a traced region is not known to hold here.
 REGION_TORCH = (2, 13)
-ARTIFACT_FORMAT = "llama-graph-patch compile artifacts 1"
 
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def compile_for_generation(model, input_ids):
     # Kept in __dict__ so that nn.Module does not register it: one compiled model and compile cache per
     # backend and scope (a fresh torchair backend object on every generate call would make dynamo compile
     # again), and the number of graphs compiled for this model.
-    state = model.__dict__.setdefault("_llama_graph_patch", {"compiled": {}, "caches": {}, "graphs": 0, "warned": False})
+    state = model.__dict__.setdefault("_llama_graph_patch", PatchState(compiled={}, caches={}, graphs=0, warned=False))
     if scope == "layers" and layers_are_indexed(model):
         scope = "model"
         if not state.get("warned_scope"):
@@ -127,14 +127,40 @@ def compile_for_generation(model, input_ids):
         del state["compiled"][key]  # compile the layers the model holds now (dynamo reuses what fits)
     if key not in state["compiled"]:
         description = {"graph_mode": graph_mode, "backend": backend, "scope": scope, "kv_cache": kv_cache_kind(model)}
-        cache = open_compile_cache(model, input_ids.device, description)
+        cache = None
+        if setting("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "1", ("1", "0")) == "1" and device_type != "npu":
+            # (not on an NPU: torchair compiles through GE, which torch's caches do not hold)
+            cache = compile_cache.open_compile_cache(model, input_ids.device, description)
         state["caches"][key] = state["cache"] = cache  # "cache": the latest opened, for reports
-        state["compiled"][key] = compiled_model(model, scope, options, device_type)
+        ahead = ahead_of_time(model, cache, scope, input_ids.device, description)
+        state["compiled"][key] = compiled_model(model, scope, options, device_type, ahead)
         # transformers 4.36 and 4.37 prepare Llama's SDPA attention mask with a branch on tensor values
         # (`torch.all(attention_mask == 1)`) that fullgraph tracing cannot follow: while a compiled call runs,
         # their LlamaModel prepares the mask the eager way instead and hands it to the same SDPA attention.
         state["sdpa_masks"] = [module for module in model.modules() if getattr(module, "_use_sdpa", False) is True]
     return Runner(model, state["compiled"][key], state["caches"][key], state, budget, strict)
+
+
+def ahead_of_time(model, cache, scope, device, description):
+    """How to get compiled code without tracing, if at all: precompiled code from the compile cache
+    (LLAMA_GRAPH_PATCH_PRECOMPILE=load, the default, or store), for the scopes that compile one whole-model
+    graph; on an NPU, torchair's cache_compile where the installed torchair has it."""
+    precompile = setting("LLAMA_GRAPH_PATCH_PRECOMPILE", "load", ("load", "store", "off"))
+    if precompile == "off" or scope == "layers":
+        return None
+    if device.type == "npu":
+        if setting("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "1", ("1", "0")) == "0" or not compile_cache.torchair_caches():
+            return None
+        key = compile_cache.compile_key(model, device, description)
+        return {"torchair": torchair_config(description["graph_mode"]), "key": key}
+    if cache is None or not compile_cache.can_precompile(device):
+        return None
+    return {"key": cache["key"], "store": precompile == "store", "cache": cache}
+
+
+class PatchState(dict):
+    """What the patch keeps on a model. A class of its own, not a plain dict: precompiling pickles the model's
+    attributes but this one, which it can leave out only when it is not a built-in dict (torch 2.13)."""
 
 
 def runs_eager(model, method):
@@ -220,6 +246,13 @@ def backend_options(graph_mode, device_type, scope="model"):
 
 def torchair_backend(graph_mode):
     """The torchair backend exactly as the Ascend guide configures it."""
+    import torchair
+
+    return torchair.get_npu_backend(compiler_config=torchair_config(graph_mode))
+
+
+def torchair_config(graph_mode):
+    """torchair's CompilerConfig as the Ascend guide sets it for GRAPH_MODE."""
     try:
         # Only on an NPU: torchair is not on PyPI, and elsewhere it is absent.
         import torchair
@@ -237,7 +270,7 @@ def torchair_backend(graph_mode):
             # torch < 2.5 can fail in the reinplace_inplaceable_ops pass (the guide's workaround).
             config.debug.aclgraph.disable_reinplace_inplaceable_ops_pass = True
     config.experimental_config.frozen_parameter = True
-    return torchair.get_npu_backend(compiler_config=config)
+    return config
 
 
 def torch_older_than(version, major_minor):
@@ -253,19 +286,23 @@ def torch_older_than(version, major_minor):
     return tuple(parts) < tuple(major_minor)
 
 
-def compiled_model(model, scope, options, device_type):
+def compiled_model(model, scope, options, device_type, ahead=None):
     """scope "model": the whole forward in one graph per call pattern (the guide's way). scope "region": the
     same whole-model graph, in which the decoder layer is traced once and every layer reuses it. scope
     "layers": the decoder layer compiled once, its code serving every layer; embedding, mask, final norm and
-    lm_head stay eager."""
+    lm_head stay eager. With `ahead` (see ahead_of_time), the whole-model graphs come precompiled where
+    the compile cache has them."""
 
     def compile_module(module):
         return torch.compile(module, dynamic=True, fullgraph=True, **options)
 
-    if scope == "model":
-        return compile_module(model)
-    if scope == "region":
-        return Regions(model, compile_module(model))
+    if ahead is not None and "torchair" in ahead:  # an NPU: scope "model" (see region_unsupported)
+        return compile_cache.TorchairPhases(model, ahead["torchair"], ahead["key"])
+    if scope in ("model", "region"):
+        whole = compile_module(model)
+        if ahead is not None:
+            whole = compile_cache.Precompiled(model, ahead["key"], options, whole, ahead["store"], ahead["cache"])
+        return whole if scope == "model" else Regions(model, whole)
     if device_type == "cuda" and options.get("mode") in ("reduce-overhead", "max-autotune"):
         return CompiledLayers(model, lambda layer: PoolCopies(compile_module(layer)))
     return CompiledLayers(model, compile_module)
@@ -375,13 +412,18 @@ class Regions(object):
         }
         self.regions = regions
         self.layers = CompiledLayers(model, lambda layer: RegionLayer(layer, regions), call=compiled)
+        # Precompiled code refuses tensors marked since it was traced: it marks them only before a trace.
+        self.fix_head_sizes = not hasattr(compiled, "before_trace")
+        if not self.fix_head_sizes:
+            compiled.before_trace = lambda kwargs: fixed_head_sizes(kwargs.get("past_key_values"))
 
     def is_current(self):
         return self.layers.is_current()
 
     def __call__(self, *args, **kwargs):
         past = kwargs.get("past_key_values")
-        fixed_head_sizes(past)
+        if self.fix_head_sizes:
+            fixed_head_sizes(past)
         static_layer = type(past[0]) if past and is_static_layer(past[0]) else None
         if static_layer is not None and static_layer not in self.regions:  # made here: dynamo cannot trace this
             self.regions[static_layer] = torch.compiler.nested_compile_region(layer_with_static_cache(static_layer))
@@ -572,7 +614,10 @@ class Runner(object):
         """After the generation loop: keep what this call compiled in the compile cache. (Named apart from
         anything a model may have, since every other attribute is the model's.)"""
         if self.__new_graphs and self.__cache is not None:
-            save_compile_cache(self.__cache)
+            compile_cache.save_compile_cache(self.__cache)
+            ahead = self.__cache.get("precompiled")
+            if ahead is not None:
+                ahead.save()
 
     def __call_compiled(self, args, kwargs):
         for module in self.__state["sdpa_masks"]:
@@ -657,158 +702,6 @@ def contiguous_cache(outputs):
     elif hasattr(past, "key_cache"):  # transformers' Cache objects (4.36 and later)
         past.key_cache[:] = [tensor.contiguous() for tensor in past.key_cache]
         past.value_cache[:] = [tensor.contiguous() for tensor in past.value_cache]
-
-
-# -- the persistent compile cache -----------------------------------------------------------------------
-#
-# Everything lives under the tool's cache root, LLAMA_GRAPH_PATCH_CACHE (default ~/.cache/llama-graph-patch),
-# in its compile/ folder:
-#
-#     compile/inductor/            inductor's own on-disk caches (TORCHINDUCTOR_CACHE_DIR, unless already set)
-#     compile/artifacts/KEY.bin    torch.compiler.save_cache_artifacts() output, one file per model shape,
-#                                  dtype, device, mode, scope, KV cache and torch version: a JSON header
-#                                  line, then the artifact bytes
-#
-# An artifact file is loaded before the model's first compile in a process and written after a generate
-# call that compiled, whole (a temporary file renamed over it) and under an flock, so processes sharing the
-# folder never see half a file. One that cannot be used gives one WARNING and a normal compile.
-
-
-def cache_root():
-    """LLAMA_GRAPH_PATCH_CACHE, else llama-graph-patch/ in the user's cache folder (XDG_CACHE_HOME)."""
-    root = os.environ.get("LLAMA_GRAPH_PATCH_CACHE")
-    if root:
-        return root
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "llama-graph-patch")
-
-
-def open_compile_cache(model, device, description):
-    """Point inductor's caches into the cache root and load this model's artifact file. Returns what
-    saving needs later (with "state": "warm" when something was loaded, else "cold"), or None when there
-    is no cache: LLAMA_GRAPH_PATCH_COMPILE_CACHE=0, or an NPU (README: torchair compiles through GE,
-    which torch's caches do not hold)."""
-    if setting("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "1", ("1", "0")) == "0" or device.type == "npu":
-        return None
-    folder = os.path.join(cache_root(), "compile")
-    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    # Importing torch._inductor sets the variable to its default, a folder in /tmp: replace that one only.
-    if inductor is None or is_inductor_default(inductor):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(folder, "inductor")
-    key = dict(description)
-    key.update(
-        model=type(model).__name__,
-        config={
-            name: value
-            for name, value in sorted(model.config.to_dict().items())
-            if isinstance(value, (int, float, str)) and not name.startswith("_") and name != "transformers_version"
-        },
-        dtype=str(model.dtype),
-        device=device.type if device.type != "cuda" else "cuda " + torch.cuda.get_device_name(device),
-        torch=torch.__version__,
-    )
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
-    cache = {"path": os.path.join(folder, "artifacts", digest + ".bin"), "key": key, "state": "cold"}
-    if not hasattr(torch.compiler, "load_cache_artifacts"):  # torch < 2.7: inductor's caches only
-        inductor = os.environ["TORCHINDUCTOR_CACHE_DIR"]
-        cache["state"] = "warm" if os.path.isdir(inductor) and os.listdir(inductor) else "cold"
-        return cache
-    if os.path.exists(cache["path"]):
-        try:
-            torch.compiler.load_cache_artifacts(read_artifacts(cache["path"], key))
-            cache["state"] = "warm"
-        except Exception as error:  # whatever is wrong with the file, compiling as usual is right
-            logger.warning(
-                "llama-graph-patch: not using the compile artifacts in %s (%s); compiling as usual, and the file "
-                "is replaced after this compile",
-                cache["path"],
-                error,
-            )
-    return cache
-
-
-def is_inductor_default(folder):
-    """Whether `folder` is inductor's default cache folder, torchinductor_USER in the temporary folder."""
-    folder = os.path.abspath(folder)
-    return os.path.dirname(folder) == os.path.abspath(tempfile.gettempdir()) and os.path.basename(
-        folder
-    ).startswith("torchinductor_")
-
-
-def read_artifacts(path, key):
-    """The artifact bytes of `path`, after checking that its header names this key and its bytes are whole."""
-    with open(path, "rb") as source:
-        header_line = source.readline()
-        payload = source.read()
-    try:
-        header = json.loads(header_line.decode("utf-8"))
-    except ValueError:
-        raise ValueError("unreadable: not a llama-graph-patch artifact file")
-    if not isinstance(header, dict) or header.get("format") != ARTIFACT_FORMAT:
-        raise ValueError("unreadable: not a llama-graph-patch artifact file")
-    if header.get("key") != key:
-        stored = header.get("key") or {}
-        if isinstance(stored, dict) and stored.get("torch") != key["torch"]:
-            raise ValueError("stale: written by torch %s, this is torch %s" % (stored.get("torch"), key["torch"]))
-        raise ValueError("foreign: written for another model, dtype, device, mode, scope or KV cache")
-    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        raise ValueError("damaged: its bytes do not match the checksum in its header")
-    return payload
-
-
-def save_compile_cache(cache):
-    """Write everything torch compiled in this process to the artifact file, atomically and under a lock.
-    A failure to write is a WARNING: the generate call already has its tokens."""
-    if not hasattr(torch.compiler, "save_cache_artifacts"):
-        return
-    saved = torch.compiler.save_cache_artifacts()
-    if saved is None:
-        return
-    payload = saved[0]
-    header = {"format": ARTIFACT_FORMAT, "key": cache["key"], "sha256": hashlib.sha256(payload).hexdigest()}
-    folder = os.path.dirname(cache["path"])
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with FileLock(cache["path"] + ".lock"):
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".artifacts.", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as sink:
-                    sink.write(json.dumps(header, sort_keys=True).encode("utf-8") + b"\n")
-                    sink.write(payload)
-                    sink.flush()
-                    os.fsync(sink.fileno())
-                os.replace(temporary, cache["path"])
-            except BaseException:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
-                raise
-    except OSError as error:
-        logger.warning("llama-graph-patch: could not save compile artifacts to %s: %s", cache["path"], error)
-        return
-    logger.info("llama-graph-patch: saved %.1f MB of compile artifacts to %s", len(payload) / 2**20, cache["path"])
-
-
-class FileLock(object):
-    """An exclusive flock on `path` while the block runs; no lock where fcntl is missing (Windows), where
-    the atomic rename alone keeps the file whole."""
-
-    def __init__(self, path):
-        self.path = path
-        self.handle = None
-
-    def __enter__(self):
-        try:
-            import fcntl  # POSIX only
-        except ImportError:
-            return self
-        self.handle = open(self.path, "a")
-        fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc_info):
-        if self.handle is not None:
-            self.handle.close()  # closing releases the flock
-        return False
 
 
 # -- per-step timing ------------------------------------------------------------------------------------

@@ -30,10 +30,11 @@ def left_padded_batch(lengths, seed=1):
     return input_ids.masked_fill(attention_mask == 0, 0), attention_mask
 
 
-def calls(new_tokens):
-    """The three generate calls of every mode: (input_ids, attention_mask, new tokens)."""
-    first = left_padded_batch([9, 6, 4])
-    return [(*first, new_tokens), (*first, new_tokens), (*left_padded_batch([6, 6, 2], seed=2), new_tokens - 7)]
+def calls(new_tokens, rows=3):
+    """The three generate calls of every mode: (input_ids, attention_mask, new tokens), of `rows` rows each."""
+    first = left_padded_batch([9, 6, 4][:rows])
+    third = left_padded_batch([6, 6, 2][:rows], seed=2)
+    return [(*first, new_tokens), (*first, new_tokens), (*third, new_tokens - 7)]
 
 
 class CompiledGraphsPerStep(LogitsProcessor):
@@ -67,19 +68,22 @@ def record_input_shapes(model, shapes):
         shapes.append(step)
         return inputs
 
-    model.prepare_inputs_for_generation = types.MethodType(recording, model)  # a bound method, as generate() checks
+    # A bound method, as generate() checks, named as the attribute that holds it: precompiling pickles the
+    # model's attributes, and torch pickles a bound method by looking its name up on the object.
+    recording.__name__ = "prepare_inputs_for_generation"
+    model.prepare_inputs_for_generation = types.MethodType(recording, model)
 
 
 def run_mode(mode, args):
     from torch._dynamo.utils import counters
 
     timing = enter_mode(mode, args.timing_dir)
-    model = tiny_llama(args.kv_heads).to(args.device)
+    model = tiny_llama(args.kv_heads, seed=args.weights_seed).to(args.device)
     shapes = []
     record_input_shapes(model, shapes)
     results = []
     with torch.no_grad():
-        for input_ids, attention_mask, new_tokens in calls(args.new_tokens):
+        for input_ids, attention_mask, new_tokens in calls(args.new_tokens, args.rows):
             steps = CompiledGraphsPerStep(counters, args.forbid_recompiles and os.environ["EXE_MODE"] == "dynamo")
             del shapes[:]
             sequences = model.generate(
@@ -103,7 +107,7 @@ def run_mode(mode, args):
     return {
         "calls": results,
         "static_cache": "llama_graph_patch_kv_cache" in model.__dict__,
-        "compile_cache": cache and {"state": cache["state"], "path": cache["path"]},
+        "compile_cache": cache and {"state": cache["state"], "path": cache["path"], "load_s": cache.get("load_s")},
         "layers_after": sorted({type(layer).__name__ for layer in model.model.layers}),
         "cuda_graphs": cuda_graphs(args.device),
         "timing": timing_records(timing),
@@ -124,13 +128,15 @@ def main():
     parser.add_argument("--kv-heads", type=int, required=True)
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--modes", default="eager,max-autotune,reduce-overhead")
+    parser.add_argument("--weights-seed", type=int, default=0, help="the random weights of a same-shape checkpoint")
+    parser.add_argument("--rows", type=int, choices=[1, 2, 3], default=3, help="rows of every batch")
     parser.add_argument("--timing-dir")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     parser.add_argument(
         "--forbid-recompiles", action="store_true", help="fail_on_recompile from the first decode step on"
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     results = {mode: run_mode(mode, args) for mode in args.modes.split(",")}
     print(json.dumps(results))
 

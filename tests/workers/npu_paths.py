@@ -45,7 +45,9 @@ def compile_on_npu(graph_mode, torch_version, scope="model"):
         backends.append(options["backend"])
         return real_compile(module, **options)
 
-    os.environ.update(EXE_MODE="dynamo", GRAPH_MODE=graph_mode, LLAMA_GRAPH_PATCH_COMPILE_SCOPE=scope)
+    os.environ.update(
+        EXE_MODE="dynamo", GRAPH_MODE=graph_mode, LLAMA_GRAPH_PATCH_COMPILE_SCOPE=scope, LLAMA_GRAPH_PATCH_PRECOMPILE="off"
+    )
     captured_before = len(torchair.captured_graphs)
     torch.compile, real_version, torch.__version__ = recording_compile, torch.__version__, torch_version
     try:
@@ -65,6 +67,46 @@ def compile_on_npu(graph_mode, torch_version, scope="model"):
         "disable_reinplace_inplaceable_ops_pass": config.debug.aclgraph.disable_reinplace_inplaceable_ops_pass,
         "graphs_captured_by_backend": len(torchair.captured_graphs) - captured_before,
         "same_logits_as_eager": same,
+    }
+
+
+def cache_compile_on_npu(graph_mode):
+    """The precompiled path on an NPU: a prefill and a decode call through torchair's cache_compile."""
+    import tempfile
+
+    import torchair.inference
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    ).eval()
+    root = tempfile.mkdtemp()
+    os.environ.update(
+        EXE_MODE="dynamo", GRAPH_MODE=graph_mode, LLAMA_GRAPH_PATCH_COMPILE_SCOPE="model",
+        LLAMA_GRAPH_PATCH_PRECOMPILE="load", LLAMA_GRAPH_PATCH_CACHE=root,
+    )
+    compiled = runtime.compile_for_generation(model, OnNpu(torch.zeros(2, 4)))
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.no_grad():
+        prefill, expected = compiled(input_ids=ids), model(input_ids=ids)
+        step = torch.tensor([[13], [14]])
+        decode = compiled(input_ids=step, past_key_values=prefill.past_key_values)
+        expected_decode = model(input_ids=step, past_key_values=expected.past_key_values)
+    return {
+        "calls": [
+            {
+                "method": call["func"].__name__,
+                "of_a_module": isinstance(call["func"].__self__, torch.nn.Module),
+                "mode": call["config"].mode,
+                "frozen_parameter": call["config"].experimental_config.frozen_parameter,
+                "dynamic": call["dynamic"],
+                "cache_dir": os.path.relpath(call["cache_dir"], root).split(os.sep),
+                "cache_dir_exists": os.path.isdir(call["cache_dir"]),
+            }
+            for call in torchair.inference.cache_compile_calls
+        ],
+        "same_logits_as_eager": torch.allclose(prefill.logits, expected.logits)
+        and torch.allclose(decode.logits, expected_decode.logits),
     }
 
 
@@ -103,6 +145,7 @@ def main():
         "reduce_overhead_torch_2_1": compile_on_npu("reduce-overhead", "2.1.0+cpu"),
         "reduce_overhead_layers": compile_on_npu("reduce-overhead", "2.5.1", scope="layers"),
         "max_autotune_region": compile_on_npu("max-autotune", torch.__version__, scope="region"),
+        "cache_compile": cache_compile_on_npu("reduce-overhead"),
         "timer_when_unset": runtime.step_timer(torch.zeros(1, 2), "sample") is None,
         "synchronize": {kind: synchronize_calls(kind) for kind in ("npu", "cuda", "cpu")},
         "static_cache_write": static_cache_write_on_npu() if static_cache_installed() else None,

@@ -23,5 +23,9 @@ class _NpuModule:
     def synchronize(device=None):
         synchronize_calls.append(device)
 
+    @staticmethod
+    def get_device_name(device=None):
+        return "Ascend stand-in"
+
 
 torch.npu = _NpuModule()

@@ -1,0 +1,164 @@
+"""Precompiled code (LLAMA_GRAPH_PATCH_PRECOMPILE, what `warm` stores): a later process calls it without
+tracing, with its own weights; every file it cannot use, and every folder another user could write, costs
+one WARNING and a normal compile, never wrong tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import POISON, WORKERS, generate, python_path, tokens
+from patches.graph_mode import _llama_graph_patch_cache as compile_cache
+
+COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
+# The tests that start from the `stored` cache run in one xdist worker, which fills it once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("precompiled-stored")]
+
+
+def environment(root: Path, precompile: str = "load") -> dict:
+    return {"LLAMA_GRAPH_PATCH_CACHE": str(root), "LLAMA_GRAPH_PATCH_PRECOMPILE": precompile}
+
+
+def run(site: Path, root: Path, *extra) -> tuple[dict, str]:
+    results, log = generate(site, *COMMON, *extra, env=environment(root))
+    return results["max-autotune"], log
+
+
+def warnings(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("WARNING llama_graph_patch")]
+
+
+def graphs(result: dict) -> list[int]:
+    return [call["graphs_per_step"][-1] for call in result["calls"]]
+
+
+@pytest.fixture(scope="module")
+def reference(pristine_site) -> dict:
+    """Unpatched tokens of the checkpoint the code was stored with (seed 0), of another one (seed 1), and of
+    one-row batches."""
+    found = {}
+    for name, extra in (("stored", ()), ("other weights", ("--weights-seed", 1)), ("one row", ("--rows", 1))):
+        results, _ = generate(pristine_site, "--kv-heads", 2, "--new-tokens", 12, "--modes", "reference", *extra)
+        found[name] = tokens(results["reference"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def stored(graph_mode_site, tmp_path_factory) -> Path:
+    """A cache root that two processes stored precompiled code into at once, as two `warm`s sharing it would."""
+    root = tmp_path_factory.mktemp("stored")
+    env = {**os.environ, **python_path(POISON, graph_mode_site), **environment(root, "store")}
+    command = [sys.executable, str(WORKERS / "generate.py"), *map(str, COMMON)]
+    writers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    for writer in writers:
+        out, err = writer.communicate(timeout=1200)
+        assert writer.returncode == 0, err[-3000:]
+        assert "saved 2 precompiled phases (prefill, decode)" in err
+    return root
+
+
+def stored_file(root: Path) -> Path:
+    (path,) = (root / "compile" / "precompiled").glob("*.bin")
+    return path
+
+
+def test_a_later_process_calls_the_stored_code_without_tracing(graph_mode_site, stored, reference, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(stored, root)
+    result, log = run(graph_mode_site, root)
+    assert result["compile_cache"]["state"] == "precompiled" and result["compile_cache"]["load_s"] > 0
+    assert tokens(result) == reference["stored"]
+    assert graphs(result) == [0, 0, 0]  # nothing traced, in any call
+    assert warnings(log) == []
+    assert sorted(path.name for path in (root / "compile" / "precompiled").iterdir()) == sorted(
+        path.name for path in (stored / "compile" / "precompiled").iterdir()
+    )  # loading writes nothing
+
+
+def test_a_checkpoint_of_the_same_shape_gets_its_own_tokens(graph_mode_site, stored, reference, tmp_path):
+    """The weights are inputs of the stored code, not constants in it."""
+    root = tmp_path / "copy"
+    shutil.copytree(stored, root)
+    result, log = run(graph_mode_site, root, "--weights-seed", 1)
+    assert result["compile_cache"]["state"] == "precompiled" and graphs(result) == [0, 0, 0]
+    assert tokens(result) == reference["other weights"] != reference["stored"]
+    assert warnings(log) == []
+
+
+def spoil(path: Path, how: str) -> tuple[Path, str]:
+    """Spoil the stored file as `how` says; returns the file the run will read and the reason it should give."""
+    header_line, payload = path.read_bytes().split(b"\n", 1)
+    header = json.loads(header_line)
+    if how == "corrupted":
+        middle = len(payload) // 2
+        path.write_bytes(header_line + b"\n" + payload[:middle] + bytes([payload[middle] ^ 0xFF]) + payload[middle + 1 :])
+        return path, "not using the precompiled code in %s (damaged:" % path
+    if how == "truncated":
+        path.write_bytes(header_line + b"\n" + payload[: len(payload) * 2 // 3])
+        return path, "not using the precompiled code in %s (damaged:" % path
+    if how == "other torch":
+        header["key"]["torch"] = "2.12.0"
+        path.write_bytes(json.dumps(header).encode() + b"\n" + payload)
+        return path, "not using the precompiled code in %s (stale: written by torch 2.12.0" % path
+    # other shapes: code traced for batches of 3 rows, filed where one-row batches look for theirs
+    header["key"]["rows"] = "1"
+    moved = path.with_name(compile_cache.key_digest(header["key"]) + ".bin")
+    moved.write_bytes(json.dumps(header).encode() + b"\n" + payload)
+    return moved, "no precompiled code in %s fits this call" % moved
+
+
+@pytest.mark.parametrize("how", ["corrupted", "truncated", "other torch", "other shapes"])
+def test_an_unusable_file_gives_one_warning_and_the_right_tokens(graph_mode_site, stored, reference, tmp_path, how):
+    root = tmp_path / "copy"
+    shutil.copytree(stored, root)
+    path, reason = spoil(stored_file(root), how)
+    result, log = run(graph_mode_site, root, *(("--rows", 1) if how == "other shapes" else ()))
+    assert tokens(result) == reference["one row" if how == "other shapes" else "stored"]
+    assert result["compile_cache"]["state"] != "precompiled"
+    assert graphs(result)[-1] == 2  # compiled as usual: prefill and decode
+    assert len(warnings(log)) == 1 and reason in warnings(log)[0], log[-3000:]
+
+
+@pytest.mark.parametrize("writable", ["folder", "file"])
+def test_what_another_user_can_write_is_refused(graph_mode_site, stored, reference, tmp_path, writable):
+    root = tmp_path / "copy"
+    shutil.copytree(stored, root)
+    if writable == "folder":
+        target, reason = root, "not using the compile cache under %s: %s can be written by every user" % (root, root)
+        os.chmod(root, 0o777)
+    else:
+        target = stored_file(root)
+        reason = "not using the precompiled code in %s (refused: %s can be written by its group" % (target, target)
+        os.chmod(target, 0o620)
+    before = target.stat().st_mtime_ns
+    result, log = run(graph_mode_site, root)
+    assert tokens(result) == reference["stored"] and graphs(result)[-1] == 2  # compiled as usual
+    if writable == "folder":
+        assert result["compile_cache"] is None  # no cache at all: nothing loaded, nothing saved
+    else:
+        assert result["compile_cache"]["state"] == "warm"  # torch's caches, in their own trusted file
+    assert len(warnings(log)) == 1 and reason in warnings(log)[0], log[-3000:]
+    assert target.stat().st_mtime_ns == before  # refused, not replaced
+
+
+def test_files_are_refused_by_owner_and_mode(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(tmp_path))
+    inside = tmp_path / "compile" / "precompiled"
+    compile_cache.make_folder(str(inside))
+    assert [os.stat(folder).st_mode & 0o777 for folder in (tmp_path / "compile", inside)] == [0o700, 0o700]
+    assert compile_cache.untrusted(str(inside / "missing.bin")) is None
+    os.chmod(tmp_path / "compile", 0o770)
+    assert "can be written by its group" in compile_cache.untrusted(str(inside / "missing.bin"))
+    os.chmod(tmp_path / "compile", 0o700)
+    monkeypatch.setattr(os, "getuid", lambda: 4242)  # as if another user ran this process
+    owner = os.stat(tmp_path).st_uid
+    if owner != 0:
+        assert "is owned by user id %d" % owner in compile_cache.untrusted(str(inside))
+    else:  # root's files are trusted, as ssh trusts them
+        assert compile_cache.untrusted(str(inside)) is None
