@@ -64,7 +64,10 @@ def run_python(arguments: list, site: Path, *first_on_path: Path, env: dict | No
     """A child interpreter that imports the transformers in `site` and cannot import this tool; `then`:
     folders to import from after `site` (a release's own tokenizers, say)."""
     path = [*first_on_path, POISON, site, *then]
-    inherited = {name: value for name, value in os.environ.items() if name != "LLAMA_GRAPH_PATCH_TIMING"}
+    # Not inherited: a timing file, and an inductor cache folder some in-process test pointed elsewhere.
+    inherited = {
+        name: value for name, value in os.environ.items() if name not in ("LLAMA_GRAPH_PATCH_TIMING", "TORCHINDUCTOR_CACHE_DIR")
+    }
     child_env = {**inherited, **python_path(*path), **(env or {})}
     return subprocess.run(
         [sys.executable, *map(str, arguments)], capture_output=True, text=True, env=child_env, timeout=1800

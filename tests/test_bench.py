@@ -290,17 +290,28 @@ def test_warm_fills_the_cache_that_status_shows_and_bench_finds(graph_mode_site,
     assert (row["mode"], row["status"], row["graphs"], row["cache_before"]) == ("max-autotune", "ok", 2, "cold")
     assert row["seconds"] > 0 and row["files_added"] > 0 and row["mb_added"] > 0
     assert summary["compile_cache"] == str(cache / "compile") and summary["compile_files"] == row["files_added"]
+    # its second process loaded the stored code instead of tracing
+    assert row["next_start"] == "precompiled" and 0 < row["next_load_s"] < row["next_first_call_s"] < row["seconds"]
 
-    status = run_cli("status", "--json", env={**python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(cache)})
-    assert json.loads(status.stdout)["cache"] == {
+    env = {**python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(cache)}
+    status = json.loads(run_cli("status", "--json", env=env).stdout)["cache"]
+    artifacts = {artifact["kind"]: artifact for artifact in status.pop("artifacts")}
+    assert status == {
         "root": str(cache), "compile": str(cache / "compile"),
         "compile_files": summary["compile_files"], "compile_mb": round(summary["compile_mb"], 3),
     }
+    assert sorted(artifacts) == ["artifacts", "precompiled"]
+    stored = artifacts["precompiled"]
+    assert (stored["mode"], stored["scope"], stored["kv_cache"], stored["rows"]) == ("max-autotune", "model", "growing", "2+")
+    assert stored["phases"] == ["prefill", "decode"] and stored["mb"] > 0 and stored["shape"]["num_hidden_layers"] == 2
+    printed = run_cli("status", env=env).stdout
+    assert "precompiled: max-autotune@model, growing KV cache, 2 layers x" in printed and "prefill + decode" in printed
 
     report_path = tmp_path / "b.json"
     bench_run = bench(graph_mode_site, cache, *shapes, "--modes", "max-autotune", "--output-json", str(report_path))
     assert bench_run.returncode == 0, bench_run.stderr[-3000:]
-    assert json.loads(report_path.read_text())["modes"]["max-autotune"]["cache"] == "warm"
+    measured = json.loads(report_path.read_text())["modes"]["max-autotune"]
+    assert (measured["cache"], measured["graphs"]) == ("precompiled", 0)
 
 
 @pytest.mark.parametrize(
@@ -329,13 +340,19 @@ def test_warm_prints_a_table_of_what_it_stored():
         "compile_cache": "/c/compile", "compile_files": 124, "compile_mb": 9.3, "torchinductor_cache_dir": None,
         "model": "tiny", "modes": [
             {"mode": "max-autotune", "status": "ok", "error": None, "seconds": 42.4, "graphs": 2,
-             "cache_before": "cold", "files_added": 110, "mb_added": 5.0},
+             "cache_before": "cold", "files_added": 110, "mb_added": 5.0, "next_start": "precompiled",
+             "next_first_call_s": 2.8, "next_load_s": 1.72},
+            {"mode": "max-autotune@layers", "status": "ok", "error": None, "seconds": 30.1, "graphs": 2,
+             "cache_before": "cold", "files_added": 12, "mb_added": 1.0, "next_start": "warm",
+             "next_first_call_s": 9.5, "next_load_s": None},
             {"mode": "reduce-overhead@layers", "status": "failed", "error": "boom", "seconds": None, "graphs": None,
              "cache_before": None, "files_added": 0, "mb_added": 0.0},
         ],
     }
     lines = table(summary).splitlines()
-    assert lines[0].split() == ["mode", "seconds", "graphs", "cache", "before", "stored"]
-    assert lines[1].split() == ["max-autotune", "42.4", "2", "cold", "+110", "files,", "+5.0", "MB"]
-    assert lines[2].split()[:2] == ["reduce-overhead@layers", "FAILED:"]
-    assert lines[3] == "compile cache /c/compile: 124 files, 9.3 MB"
+    assert lines[0].split() == ["mode", "seconds", "graphs", "cache", "before", "stored", "next", "start"]
+    assert lines[1].split() == ["max-autotune", "42.4", "2", "cold", "+110", "files,", "+5.0", "MB", "precompiled:",
+                                "loads", "in", "1.7", "s,", "first", "call", "2.8", "s"]
+    assert lines[2].split()[-6:] == ["warm:", "traces", "again,", "first", "call", "9.5", "s"][-6:]
+    assert lines[3].split()[:2] == ["reduce-overhead@layers", "FAILED:"]
+    assert lines[4] == "compile cache /c/compile: 124 files, 9.3 MB"

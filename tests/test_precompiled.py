@@ -4,6 +4,7 @@ one WARNING and a normal compile, never wrong tokens."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -92,7 +93,7 @@ def test_a_checkpoint_of_the_same_shape_gets_its_own_tokens(graph_mode_site, sto
 
 
 def spoil(path: Path, how: str) -> tuple[Path, str]:
-    """Spoil the stored file as `how` says; returns the file the run will read and the reason it should give."""
+    """Spoil a precompiled file as `how` says; returns the file the run will read and the reason it should give."""
     header_line, payload = path.read_bytes().split(b"\n", 1)
     header = json.loads(header_line)
     if how == "corrupted":
@@ -113,38 +114,63 @@ def spoil(path: Path, how: str) -> tuple[Path, str]:
     return moved, "no precompiled code in %s fits this call" % moved
 
 
+# What happens to torch's artifact file in the same run (one run tests both files): its reason.
+ARTIFACT_SPOILS = {"corrupted": "unreadable", "truncated": "damaged", "other torch": "stale", "other shapes": "foreign"}
+
+
+def spoil_artifacts(path: Path, how: str) -> str:
+    header_line, payload = path.read_bytes().split(b"\n", 1)
+    header = json.loads(header_line)
+    if how == "unreadable":
+        path.write_bytes(os.urandom(4096))
+    elif how == "damaged":
+        path.write_bytes(header_line + b"\n" + payload[: len(payload) // 2])
+    else:
+        header["key"]["torch" if how == "stale" else "config"] = "1.13.0" if how == "stale" else {"hidden_size": 1}
+        path.write_bytes(json.dumps(header).encode() + b"\n" + payload)
+    return "not using the compile artifacts in %s (%s:" % (path, how)
+
+
 @pytest.mark.parametrize("how", ["corrupted", "truncated", "other torch", "other shapes"])
 def test_an_unusable_file_gives_one_warning_and_the_right_tokens(graph_mode_site, stored, reference, tmp_path, how):
     root = tmp_path / "copy"
     shutil.copytree(stored, root)
     path, reason = spoil(stored_file(root), how)
+    (artifacts,) = (root / "compile" / "artifacts").glob("*.bin")
+    artifacts_reason = spoil_artifacts(artifacts, ARTIFACT_SPOILS[how])
     result, log = run(graph_mode_site, root, *(("--rows", 1) if how == "other shapes" else ()))
     assert tokens(result) == reference["one row" if how == "other shapes" else "stored"]
-    assert result["compile_cache"]["state"] != "precompiled"
+    assert result["compile_cache"]["state"] == "cold"
     assert graphs(result)[-1] == 2  # compiled as usual: prefill and decode
-    assert len(warnings(log)) == 1 and reason in warnings(log)[0], log[-3000:]
+    found = warnings(log)
+    assert len(found) == 2, log[-3000:]  # one for each file
+    assert any(artifacts_reason in line for line in found) and any(reason in line for line in found), found
+    header_line, payload = artifacts.read_bytes().split(b"\n", 1)  # torch's file: written anew after the compile
+    assert json.loads(header_line)["sha256"] == hashlib.sha256(payload).hexdigest()
 
 
-@pytest.mark.parametrize("writable", ["folder", "file"])
-def test_what_another_user_can_write_is_refused(graph_mode_site, stored, reference, tmp_path, writable):
+def test_a_cache_folder_every_user_can_write_is_refused(graph_mode_site, stored, reference, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(stored, root)
-    if writable == "folder":
-        target, reason = root, "not using the compile cache under %s: %s can be written by every user" % (root, root)
-        os.chmod(root, 0o777)
-    else:
-        target = stored_file(root)
-        reason = "not using the precompiled code in %s (refused: %s can be written by its group" % (target, target)
-        os.chmod(target, 0o620)
-    before = target.stat().st_mtime_ns
+    os.chmod(root, 0o777)
+    before = sorted(path for path in root.rglob("*"))
     result, log = run(graph_mode_site, root)
     assert tokens(result) == reference["stored"] and graphs(result)[-1] == 2  # compiled as usual
-    if writable == "folder":
-        assert result["compile_cache"] is None  # no cache at all: nothing loaded, nothing saved
-    else:
-        assert result["compile_cache"]["state"] == "warm"  # torch's caches, in their own trusted file
+    assert result["compile_cache"] is None  # no cache at all: nothing loaded, nothing saved
+    reason = "not using the compile cache under %s: %s can be written by every user" % (root, root)
     assert len(warnings(log)) == 1 and reason in warnings(log)[0], log[-3000:]
-    assert target.stat().st_mtime_ns == before  # refused, not replaced
+    assert sorted(path for path in root.rglob("*")) == before
+
+
+def test_a_file_its_group_can_write_is_refused(stored, tmp_path, monkeypatch):
+    root = tmp_path / "copy"
+    shutil.copytree(stored, root)
+    monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(root))
+    path = stored_file(root)
+    header = json.loads(path.read_bytes().split(b"\n", 1)[0])
+    os.chmod(path, 0o620)
+    with pytest.raises(ValueError, match="refused: %s can be written by its group" % path):
+        compile_cache.load_precompiled(str(path), header["key"], None)  # refused before anything is read
 
 
 def test_files_are_refused_by_owner_and_mode(tmp_path, monkeypatch):

@@ -246,16 +246,16 @@ def backend_options(graph_mode, device_type, scope="model"):
 
 def torchair_backend(graph_mode):
     """The torchair backend exactly as the Ascend guide configures it."""
+    config = torchair_config(graph_mode)  # first: it says what to do where torchair is missing
     import torchair
 
-    return torchair.get_npu_backend(compiler_config=torchair_config(graph_mode))
+    return torchair.get_npu_backend(compiler_config=config)
 
 
 def torchair_config(graph_mode):
     """torchair's CompilerConfig as the Ascend guide sets it for GRAPH_MODE."""
     try:
         # Only on an NPU: torchair is not on PyPI, and elsewhere it is absent.
-        import torchair
         from torchair.configs.compiler_config import CompilerConfig
     except ImportError as error:
         raise ImportError(

@@ -120,10 +120,22 @@ def compile_key(model, device, description):
 
 
 def device_name(device):
+    """The device type and model: compiled kernels are built for one (a CPU's for its vector instructions)."""
     if device.type == "cuda":
         return "cuda " + torch.cuda.get_device_name(device)
     if device.type == "npu":
         return "npu " + torch.npu.get_device_name()
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as source:
+                for line in source:
+                    if line.startswith("model name"):
+                        return "cpu " + line.split(":", 1)[1].strip()
+        except OSError:  # not Linux
+            pass
+        import platform
+
+        return "cpu " + (platform.processor() or platform.machine())
     return device.type
 
 
