@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks of the project, as one prepared run on a lent GPU machine (Python 3.12, its own torch).
 #
-#   PARTS="tiny region" OUT=dir benchmarks/gpu_run.sh
+#   PARTS="tiny precompiled region" OUT=dir benchmarks/gpu_run.sh
 #
 # Prints the summaries and writes each part's report into $OUT as soon as the part ends (a run cut off
 # by its time limit keeps what finished); the logs go into $OUT/gpu-logs.tar.gz after every part.
 #
 # tiny:    greedy tokens of a tiny random Llama on CUDA, unpatched vs eager / max-autotune /
 #          reduce-overhead, with the growing and the static KV cache, in the scopes of $TINY_SCOPES.
+# precompiled: the tiny model stored ahead (LLAMA_GRAPH_PATCH_PRECOMPILE=store, what `warm` sets), then
+#          loaded by a fresh process, in the compiled modes of $TINY_MODES, scopes model and region: tokens,
+#          graphs traced (0 when loaded), CUDA graphs: whether aot_compile'd code captures on CUDA.
 # region:  bench --preset llama2-7b ... --cold: the three modes with both caches in one bench, the compiled
 #          ones in the region scope (the whole model in one graph, its decoder layer traced once)
 # layers:  the same in the per-layer scope (one decoder layer compiled: minutes less than the whole model)
@@ -23,7 +26,7 @@ PY=${PY:-python3}
 WHEELS=${WHEELS:-.whl}
 OUT=${OUT:-$PWD/gpu-out}
 WORK=${WORK:-/tmp/gpu-work}
-PARTS=${PARTS:-"tiny region"}
+PARTS=${PARTS:-"tiny precompiled region"}
 DEVICE=${DEVICE:-cuda}
 BENCH=${BENCH:-"--preset llama2-7b --dtype float16 --batch-size 4 --input-len 1024 --max-new-tokens 256"}
 MODE_TIMEOUT=${MODE_TIMEOUT:-240}
@@ -74,6 +77,35 @@ for name in (f"{cache}-{scope}" for scope in sys.argv[2].split() for cache in ("
         graphs = [call["graphs_per_step"][-1] for call in run["calls"]]
         print(f"{name}, {mode}: tokens identical to unpatched transformers: {tokens(run) == reference}; "
               f"graphs after each call: {graphs}; static cache: {run['static_cache']}; CUDA graphs: {run['cuda_graphs']}")
+EOF
+    ;;
+  precompiled)
+    log "tiny model on $DEVICE, stored ahead and then loaded"
+    common=(tests/workers/generate.py --kv-heads 2 --new-tokens 32 --device "$DEVICE")
+    [ -f "$WORK/tiny-reference.json" ] || PYTHONPATH=$REFERENCE:$SITE "$PY" "${common[@]}" --modes reference \
+      > "$WORK/tiny-reference.json" 2> "$WORK/tiny-reference.log"
+    for scope in model region; do
+      for step in store load; do
+        LLAMA_GRAPH_PATCH_CACHE="$WORK/precompiled-cache" LLAMA_GRAPH_PATCH_PRECOMPILE=$step \
+          LLAMA_GRAPH_PATCH_COMPILE_SCOPE=$scope LLAMA_GRAPH_PATCH_STATIC_CACHE=0 "$PY" "${common[@]}" \
+          --modes "${TINY_MODES#eager,}" > "$WORK/precompiled-$scope-$step.json" 2> "$WORK/precompiled-$scope-$step.log"
+      done
+    done
+    "$PY" - "$WORK" <<'EOF' | tee "$OUT/precompiled-summary.txt"
+import json, sys
+out = sys.argv[1]
+tokens = lambda run: [call["tokens"] for call in run["calls"]]
+reference = tokens(json.load(open(f"{out}/tiny-reference.json"))["reference"])
+for name in (f"{scope}-{step}" for scope in ("model", "region") for step in ("store", "load")):
+    try:
+        results = json.load(open(f"{out}/precompiled-{name}.json"))
+    except (OSError, ValueError) as error:
+        print(f"{name}: no result ({error}); see precompiled-{name}.log")
+        continue
+    for mode, run in results.items():
+        graphs = [call["graphs_per_step"][-1] for call in run["calls"]]
+        print(f"{name}, {mode}: tokens identical: {tokens(run) == reference}; cache: {run['compile_cache']['state']}; "
+              f"graphs traced after each call: {graphs}; CUDA graphs: {run['cuda_graphs']}")
 EOF
     ;;
   region | layers)

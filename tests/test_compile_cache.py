@@ -21,8 +21,8 @@ COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
 pytestmark = pytest.mark.xdist_group("compile-cache-filled")
 
 
-def generate_with_cache(site: Path, root: Path, scope: str = "model") -> tuple[dict, str]:
-    env = {"LLAMA_GRAPH_PATCH_CACHE": str(root), "LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope}
+def generate_with_cache(site: Path, root: Path, scope: str = "model", env: dict | None = None) -> tuple[dict, str]:
+    env = {"LLAMA_GRAPH_PATCH_CACHE": str(root), "LLAMA_GRAPH_PATCH_COMPILE_SCOPE": scope, **(env or {})}
     results, log = generate(site, *COMMON, env=env)
     return results["max-autotune"], log
 
@@ -62,14 +62,18 @@ def test_a_second_process_loads_what_the_first_saved(graph_mode_site, filled, re
 
 
 @pytest.mark.slow
-def test_the_region_scope_keeps_artifacts_of_its_own(graph_mode_site, filled, reference, tmp_path):
-    first, log = generate_with_cache(graph_mode_site, tmp_path, scope="region")
+def test_the_region_scope_keeps_artifacts_and_precompiled_code_of_its_own(graph_mode_site, filled, reference, tmp_path):
+    env = {"LLAMA_GRAPH_PATCH_PRECOMPILE": "store"}
+    first, log = generate_with_cache(graph_mode_site, tmp_path, scope="region", env=env)
     assert first["compile_cache"]["state"] == "cold" and tokens(first) == reference
     artifact = Path(first["compile_cache"]["path"])
     assert json.loads(artifact.read_bytes().split(b"\n", 1)[0])["key"]["scope"] == "region"
     assert artifact.name != Path(filled[1]["compile_cache"]["path"]).name  # not the model scope's file
+    (precompiled,) = (tmp_path / "compile" / "precompiled").glob("*.bin")
+    assert json.loads(precompiled.read_bytes().split(b"\n", 1)[0])["key"]["scope"] == "region"
     second, log = generate_with_cache(graph_mode_site, tmp_path, scope="region")
-    assert second["compile_cache"]["state"] == "warm" and tokens(second) == reference
+    assert second["compile_cache"]["state"] == "precompiled" and tokens(second) == reference
+    assert [call["graphs_per_step"][-1] for call in second["calls"]] == [0, 0, 0]  # the regions, not traced
     assert "WARNING" not in log
 
 

@@ -326,18 +326,22 @@ class Precompiled(object):
         self.fallback = fallback
         self.store = store
         self.cache = cache
-        self.classes = {}  # batch-size class: {"path", "key", "entries": [(meta, code)], "changed"}
+        self.classes = {}  # batch-size class: {"path", "key", "entries": [(meta, code)], "changed", "last"}
         self.warned = False
         self.before_trace = lambda kwargs: None  # what a trace of this call needs first (Regions sets it)
         cache["precompiled"] = self
         cache["load_s"] = 0.0
 
     def __call__(self, *args, **kwargs):
-        held = self.phases(rows_class(kwargs["input_ids"].shape[0]) if "input_ids" in kwargs else "1")
-        for meta, code in held["entries"]:
+        fed = kwargs.get("input_ids")
+        fed = kwargs.get("inputs_embeds") if fed is None else fed
+        held = self.phases(rows_class(fed.shape[0]) if fed is not None else "1")
+        # the entry that served the last call first: a decode step checks one entry's guards, not every one
+        for meta, code in sorted(held["entries"], key=lambda entry: entry[0] is not held["last"]):
             if code.guard_check(self.model, *args, **kwargs):
                 if meta.get("loaded"):
                     self.cache["state"] = "precompiled"
+                held["last"] = meta
                 return code(self.model, *args, **kwargs)
         self.before_trace(kwargs)
         if self.store:
@@ -368,7 +372,7 @@ class Precompiled(object):
         if batch not in self.classes:
             key = dict(self.key, rows=batch)
             path = os.path.join(compile_folder(), "precompiled", key_digest(key) + ".bin")
-            self.classes[batch] = {"path": path, "key": key, "entries": [], "changed": False}
+            self.classes[batch] = {"path": path, "key": key, "entries": [], "changed": False, "last": None}
             if os.path.exists(path):
                 started = time.perf_counter()
                 try:
@@ -383,7 +387,8 @@ class Precompiled(object):
         return self.classes[batch]
 
     def compile(self, held, args, kwargs):
-        """Trace and compile this call pattern ahead; every dimension may vary, as under dynamic=True."""
+        """Trace and compile this call pattern ahead; every dimension may vary, as under dynamic=True (which
+        aot_compile alone does not give the tensors nested in past_key_values: torch 2.13 keeps them static)."""
         for leaf in _pytree.tree_leaves((args, kwargs)):
             if isinstance(leaf, torch.Tensor):
                 fixed = getattr(leaf, "_dynamo_static_indices", set())
@@ -395,8 +400,8 @@ class Precompiled(object):
         # Python floats (RMSNorm's epsilon) as constants: aot_compile cannot restart a trace to make them tensors.
         with torch._dynamo.config.patch(specialize_float=True):
             code = forward.aot_compile(((self.model,) + tuple(args), kwargs))
-        past = kwargs.get("past_key_values")
-        phase = "prefill" if past is None or kwargs["input_ids"].shape[-1] > 1 else "decode"
+        fed = kwargs.get("input_ids")
+        phase = "prefill" if kwargs.get("past_key_values") is None or fed is None or fed.shape[-1] > 1 else "decode"
         meta = {"phase": phase, "compile_s": round(time.perf_counter() - started, 3)}
         held["entries"].append((meta, code))
         held["changed"] = True
