@@ -295,9 +295,9 @@ class FileLock(object):
 
 # -- precompiled code: called without dynamo tracing -----------------------------------------------------
 #
-# torch.compile(fn).aot_compile(example_inputs) (torch 2.10 and later) traces `fn` once for inputs like
-# the example's and returns code that can be saved and loaded by another process: the guards, the bytecode
-# that calls the compiled graph, and inductor's compiled graph. The model is an argument (its weights
+# torch.compile(fn).aot_compile(example_inputs) (torch 2.13 has it; without it, only the caches above) traces
+# `fn` once for inputs like the example's and returns code that another process can load: the guards, the
+# bytecode that calls the compiled graph, and inductor's compiled graph. The model is an argument (its weights
 # enter the graph as inputs, as under torch.compile), so one artifact serves every checkpoint of the shape.
 # Guards that name objects of this process (module ids) are dropped; the artifact's key stands for them.
 
