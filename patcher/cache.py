@@ -65,7 +65,7 @@ def usage(folder: Path) -> Usage:
 def artifacts(folder: Path) -> list[dict]:
     """What each cache file under `folder` (artifacts/, precompiled/) was written for, read from its header."""
     found = []
-    for path in sorted(folder.glob("*/*.bin")):
+    for path in sorted([*folder.glob("artifacts/*.bin"), *folder.glob("precompiled/*.bin")]):
         try:
             with path.open("rb") as source:
                 header = json.loads(source.readline().decode("utf-8"))

@@ -96,6 +96,16 @@ def other_python(version: str) -> str | None:
     return None
 
 
+def patch_warnings(log: str) -> list[str]:
+    """The WARNING lines the patched transformers logged (logger llama_graph_patch) in a worker's log."""
+    return [line for line in log.splitlines() if line.startswith("WARNING llama_graph_patch")]
+
+
+def graphs_after_each_call(mode_result: dict) -> list[int]:
+    """Graphs dynamo had compiled after each generate call tests/workers/generate.py made in one mode."""
+    return [call["graphs_per_step"][-1] for call in mode_result["calls"]]
+
+
 def tokens(mode_result: dict) -> list:
     """The tokens of every generate call tests/workers/generate.py made in one mode."""
     return [call["tokens"] for call in mode_result["calls"]]

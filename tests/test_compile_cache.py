@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import generate, tokens
+from helpers import generate, graphs_after_each_call, tokens
 from patches.graph_mode import _llama_graph_patch as runtime
 from patches.graph_mode import _llama_graph_patch_cache as compile_cache
 
@@ -73,7 +73,7 @@ def test_the_region_scope_keeps_artifacts_and_precompiled_code_of_its_own(graph_
     assert json.loads(precompiled.read_bytes().split(b"\n", 1)[0])["key"]["scope"] == "region"
     second, log = generate_with_cache(graph_mode_site, tmp_path, scope="region")
     assert second["compile_cache"]["state"] == "precompiled" and tokens(second) == reference
-    assert [call["graphs_per_step"][-1] for call in second["calls"]] == [0, 0, 0]  # the regions, not traced
+    assert graphs_after_each_call(second) == [0, 0, 0]  # the regions, not traced
     assert "WARNING" not in log
 
 

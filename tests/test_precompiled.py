@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from helpers import POISON, WORKERS, generate, python_path, tokens
+from helpers import graphs_after_each_call as graphs
+from helpers import patch_warnings as warnings
 from patches.graph_mode import _llama_graph_patch_cache as compile_cache
 
 COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
@@ -29,14 +31,6 @@ def environment(root: Path, precompile: str = "load") -> dict:
 def run(site: Path, root: Path, *extra) -> tuple[dict, str]:
     results, log = generate(site, *COMMON, *extra, env=environment(root))
     return results["max-autotune"], log
-
-
-def warnings(log: str) -> list[str]:
-    return [line for line in log.splitlines() if line.startswith("WARNING llama_graph_patch")]
-
-
-def graphs(result: dict) -> list[int]:
-    return [call["graphs_per_step"][-1] for call in result["calls"]]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import WORKERS, run_python
+from helpers import patch_warnings as warnings
 from patcher.bench import models
 
 
@@ -28,10 +29,6 @@ def serve(site: Path, tokenizer: Path, kv_heads: int, *arguments, env: dict | No
 
 def results(report: dict) -> list:
     return [call["result"] for call in report["calls"]]
-
-
-def warnings(log: str) -> list[str]:
-    return [line for line in log.splitlines() if line.startswith("WARNING llama_graph_patch")]
 
 
 # Graphs compiled after each call of the serving sequence: batch size 1 compiles its own prefill and decode

@@ -128,11 +128,12 @@ def compile_for_generation(model, input_ids):
     if key not in state["compiled"]:
         description = {"graph_mode": graph_mode, "backend": backend, "scope": scope, "kv_cache": kv_cache_kind(model)}
         cache = None
-        if setting("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "1", ("1", "0")) == "1" and device_type != "npu":
+        use_cache = setting("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "1", ("1", "0")) == "1"
+        if use_cache and device_type != "npu":
             # (not on an NPU: torchair compiles through GE, which torch's caches do not hold)
             cache = compile_cache.open_compile_cache(model, input_ids.device, description)
         state["caches"][key] = state["cache"] = cache  # "cache": the latest opened, for reports
-        ahead = ahead_of_time(model, cache, scope, input_ids.device, description)
+        ahead = ahead_of_time(model, use_cache, cache, scope, input_ids.device, description)
         state["compiled"][key] = compiled_model(model, scope, options, device_type, ahead)
         # transformers 4.36 and 4.37 prepare Llama's SDPA attention mask with a branch on tensor values
         # (`torch.all(attention_mask == 1)`) that fullgraph tracing cannot follow: while a compiled call runs,
@@ -141,7 +142,7 @@ def compile_for_generation(model, input_ids):
     return Runner(model, state["compiled"][key], state["caches"][key], state, budget, strict)
 
 
-def ahead_of_time(model, cache, scope, device, description):
+def ahead_of_time(model, use_cache, cache, scope, device, description):
     """How to get compiled code without tracing, if at all: precompiled code from the compile cache
     (LLAMA_GRAPH_PATCH_PRECOMPILE=load, the default, or store), for the scopes that compile one whole-model
     graph; on an NPU, torchair's cache_compile where the installed torchair has it."""
@@ -149,7 +150,7 @@ def ahead_of_time(model, cache, scope, device, description):
     if precompile == "off" or scope == "layers":
         return None
     if device.type == "npu":
-        if setting("LLAMA_GRAPH_PATCH_COMPILE_CACHE", "1", ("1", "0")) == "0" or not compile_cache.torchair_caches():
+        if not use_cache or not compile_cache.torchair_caches():
             return None
         key = compile_cache.compile_key(model, device, description)
         return {"torchair": torchair_config(description["graph_mode"]), "key": key}
