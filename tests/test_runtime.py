@@ -139,6 +139,54 @@ def test_reduce_overhead_at_region_keeps_python_s_wrapper_on_a_cpu(monkeypatch):
     assert runtime.backend_options("reduce-overhead", "cpu", "region")[0] == {"backend": "inductor", "mode": "reduce-overhead"}
 
 
+def test_a_sharded_model_keeps_python_s_wrapper_on_a_cpu(monkeypatch):
+    """Inductor's C++ wrapper turns every graph input into a tensor, and a tensor-parallel graph takes its
+    DeviceMesh as one (torch 2.13: `TypeError: object of type 'DeviceMesh' has no len()` on every call)."""
+    monkeypatch.delenv("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", raising=False)
+    options = runtime.backend_options("reduce-overhead", "cpu", sharded=True)[0]
+    assert options == {"backend": "inductor", "mode": "reduce-overhead"}
+
+
+@pytest.mark.parametrize("torch_version, patched", [("2.1.0", True), ("2.3.0", True), ("2.3.1", False), ("2.6.0", False)])
+def test_a_sharded_model_on_npu_gets_torchair_s_collectives_patch_before_torch_2_3_1(monkeypatch, torch_version, patched):
+    calls = []
+    monkeypatch.setitem(sys.modules, "torchair", SimpleNamespace(patch_for_hcom=lambda: calls.append("patch_for_hcom")))
+    monkeypatch.setattr(runtime, "torchair_backend", lambda graph_mode: calls.append(graph_mode) or "backend")
+    monkeypatch.setattr(torch, "__version__", torch_version)
+    runtime.backend_options("max-autotune", "npu", sharded=True)
+    assert calls == (["patch_for_hcom"] if patched else []) + ["max-autotune"]
+    del calls[:]
+    runtime.backend_options("max-autotune", "npu", sharded=False)
+    assert calls == ["max-autotune"]
+
+
+def test_the_prefill_cache_takes_the_strides_decode_steps_hand_out():
+    """One key-value head (a rank's share of a grouped-query model): contiguous() would keep the stride of
+    that size-1 dimension, and dynamo compiled a third graph on the second decode step for it."""
+    value = torch.arange(240.0).reshape(3, 10, 1, 8).transpose(1, 2)  # as attention makes it: (batch, heads, seq, dim)
+    assert value.is_contiguous() and value.stride() == (80, 8, 8, 1)
+    fixed = runtime.standard_layout(value)
+    assert fixed.stride() == (80, 80, 8, 1) and torch.equal(fixed, value)
+    assert runtime.standard_layout(fixed) is fixed  # decode steps' tensors are not copied
+
+
+def test_each_rank_of_a_sharded_model_has_compile_keys_of_its_own(monkeypatch):
+    from patches.graph_mode import _llama_graph_patch_cache as compile_cache
+
+    model, device, description = tiny_model(), torch.device("cpu"), {"graph_mode": "max-autotune"}
+    alone = compile_cache.compile_key(model, device, description)
+    assert (alone["world_size"], alone["rank"]) == (1, 0)
+    digests = {compile_cache.key_digest(alone)}
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda: rank)
+        key = compile_cache.compile_key(model, device, description)
+        assert (key["world_size"], key["rank"]) == (2, rank)
+        digests.add(compile_cache.key_digest(key))
+    assert len(digests) == 3
+
+
 def tiny_model(layers=2):
     from transformers import LlamaConfig, LlamaForCausalLM
 

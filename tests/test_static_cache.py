@@ -95,3 +95,23 @@ def test_the_compile_cache_keeps_static_and_growing_graphs_apart(request, site_n
         assert keys["1"]["file"] != keys["0"]["file"]
     else:  # without the static-cache patch the switch changes nothing
         assert keys["1"] == keys["0"] and keys["1"]["kv_cache"] == "growing"
+
+
+SHARE_OF_A_RANK = """
+import json, torch
+from tiny import tiny_llama
+from transformers.models.llama import _llama_graph_patch_static_cache as static_cache
+
+model = tiny_llama(2)
+for layer in model.model.layers:  # what tensor-parallel sharding over 2 ranks leaves each rank
+    layer.self_attn.num_heads, layer.self_attn.num_key_value_heads = 2, 1
+cache = static_cache.allocate(model, 3, 20, torch.device("cpu"))
+print(json.dumps({"shape": list(cache.shape), "layers": len(cache.keys)}))
+"""
+
+
+def test_the_static_cache_holds_the_heads_of_the_attention_not_of_the_config(static_site):
+    """A tensor-parallel rank's attention holds its share of the heads; the config still names them all."""
+    result = run_python(["-c", SHARE_OF_A_RANK], static_site, WORKERS)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads(result.stdout) == {"shape": [3, 1, 20, 8], "layers": 2}

@@ -100,7 +100,7 @@ def compile_for_generation(model, input_ids):
         if reason is not None:
             scope = "model"
             logger.info("llama-graph-patch: LLAMA_GRAPH_PATCH_COMPILE_SCOPE=region compiles the whole model: %s", reason)
-    options, backend = backend_options(graph_mode, device_type, scope)
+    options, backend = backend_options(graph_mode, device_type, scope, sharded=compile_cache.tensor_parallel()[0] > 1)
     # Kept in __dict__ so that nn.Module does not register it: one compiled model and compile cache per
     # backend and scope (a fresh torchair backend object on every generate call would make dynamo compile
     # again), and the number of graphs compiled for this model.
@@ -227,9 +227,12 @@ def without_static_cache(model, method):
 # -- how to compile -------------------------------------------------------------------------------------
 
 
-def backend_options(graph_mode, device_type, scope="model"):
-    """torch.compile's backend options for GRAPH_MODE on this device, and how to name them in logs."""
+def backend_options(graph_mode, device_type, scope="model", sharded=False):
+    """torch.compile's backend options for GRAPH_MODE on this device, and how to name them in logs.
+    `sharded`: the model is split over several ranks (tensor parallel)."""
     if device_type == "npu":
+        if sharded:
+            collectives_for_torchair()
         return {"backend": torchair_backend(graph_mode)}, "torchair (%s)" % graph_mode
     if (
         device_type == "cpu"
@@ -237,12 +240,25 @@ def backend_options(graph_mode, device_type, scope="model"):
         and "LLAMA_GRAPH_PATCH_INDUCTOR_MODE" not in os.environ
         and not torch_older_than(torch.__version__, (2, 5))
         and scope != "region"  # the C++ wrapper has no code for invoke_subgraph (torch 2.13, 2.14)
+        # nor for a sharded model's graph, which takes its DeviceMesh as an input (`TypeError: object of type
+        # 'DeviceMesh' has no len()` on every call, torch 2.13)
+        and not sharded
     ):
         # A CPU has no graphs to capture; the per-step host overhead that capture removes on a device is,
         # on a CPU, Python launching each kernel. Inductor's C++ wrapper launches them from compiled code.
         return {"backend": "inductor", "options": {"cpp_wrapper": True}}, "inductor (mode=default, cpp_wrapper=True)"
     inductor_mode = setting("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", INDUCTOR_MODES[graph_mode], INDUCTOR_OVERRIDES)
     return {"backend": "inductor", "mode": inductor_mode}, "inductor (mode=%s)" % inductor_mode
+
+
+def collectives_for_torchair():
+    """torchair converts torch's traceable collectives (what a sharded model's graph holds) from torch 2.3.1
+    on; before that its patch_for_hcom makes torch.distributed's collectives enter the graph (torchair's
+    guide, "collective communication in the graph")."""
+    if torch_older_than(torch.__version__, (2, 3, 1)):
+        import torchair
+
+        torchair.patch_for_hcom()
 
 
 def torchair_backend(graph_mode):
@@ -275,9 +291,10 @@ def torchair_config(graph_mode):
 
 
 def torch_older_than(version, major_minor):
-    """Compare "2.1.0+cpu"-style versions without packaging, which the target may lack."""
+    """Compare "2.1.0+cpu"-style versions without packaging, which the target may lack; `major_minor` may
+    name a patch release too."""
     parts = []
-    for piece in version.split(".")[:2]:
+    for piece in version.split(".")[: len(major_minor)]:
         digits = ""
         for char in piece:
             if not char.isdigit():
@@ -696,13 +713,26 @@ def without_inference_tensors(value):
 
 
 def contiguous_cache(outputs):
-    """Make the keys and values in `outputs.past_key_values` contiguous, as decode steps hand them out."""
+    """Give the keys and values in `outputs.past_key_values` the layout decode steps hand them out in."""
     past = getattr(outputs, "past_key_values", None)
     if isinstance(past, tuple):
-        outputs["past_key_values"] = tuple(tuple(tensor.contiguous() for tensor in layer) for layer in past)
+        outputs["past_key_values"] = tuple(tuple(standard_layout(tensor) for tensor in layer) for layer in past)
     elif hasattr(past, "key_cache"):  # transformers' Cache objects (4.36 and later)
-        past.key_cache[:] = [tensor.contiguous() for tensor in past.key_cache]
-        past.value_cache[:] = [tensor.contiguous() for tensor in past.value_cache]
+        past.key_cache[:] = [standard_layout(tensor) for tensor in past.key_cache]
+        past.value_cache[:] = [standard_layout(tensor) for tensor in past.value_cache]
+
+
+def standard_layout(tensor):
+    """`tensor` with the strides of a new contiguous tensor of its shape. contiguous() leaves the stride of a
+    dimension of size 1 as it was, and dynamo guards on it: with one key-value head (a tensor-parallel rank's
+    share of a grouped-query model, or multi-query attention) the second decode step compiled a third graph."""
+    strides, step = [], 1
+    for size in reversed(tensor.shape):
+        strides.insert(0, step)
+        step *= max(size, 1)
+    if list(tensor.stride()) == strides:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
 
 
 # -- per-step timing ------------------------------------------------------------------------------------

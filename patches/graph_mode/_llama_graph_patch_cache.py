@@ -114,9 +114,21 @@ def compile_key(model, device, description):
         transformers=transformers.__version__,
         runtime=runtime_digest(),
     )
+    # Each rank of a tensor-parallel model compiles for its share of the weights and its place in the group.
+    key["world_size"], key["rank"] = tensor_parallel()
     if device.type == "npu":
         key["cann"] = getattr(torch.version, "cann", None)  # set by torch_npu
     return key
+
+
+def tensor_parallel():
+    """(world size, rank) of the default process group where torch.distributed runs one, else (1, 0). The
+    ranks of a tensor-parallel model compile graphs of their own share of the weights, with the collectives
+    in them."""
+    distributed = getattr(torch, "distributed", None)
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return 1, 0
+    return distributed.get_world_size(), distributed.get_rank()
 
 
 def device_name(device):

@@ -37,16 +37,16 @@ class StaticLayer(object):
 class StaticCache(object):
     """Fixed-size keys and values of every layer, kept on the model and reused while the shape fits."""
 
-    def __init__(self, config, batch_size, max_length, dtype, device):
-        head_dim = config.hidden_size // config.num_attention_heads
-        self.shape = (batch_size, config.num_key_value_heads, max_length, head_dim)
+    def __init__(self, attention, layers, batch_size, max_length, dtype, device):
+        # The heads of the attention module, not of the config: a tensor-parallel rank holds only its share.
+        self.shape = (batch_size, attention.num_key_value_heads, max_length, attention.head_dim)
         self.dtype = dtype
         self.device = device
         # Ordinary tensors even when generate runs under inference_mode: the compiled model runs outside it
         # and writes into them.
         with torch.inference_mode(False):
-            self.keys = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-            self.values = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+            self.keys = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(layers)]
+            self.values = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(layers)]
         import torch._dynamo as dynamo  # only once a static cache is made: importing transformers does not load it
 
         mark_static_address = getattr(dynamo, "mark_static_address", None)
@@ -103,7 +103,8 @@ def allocate(model, batch_size, max_length, device):
         cache.reset()
     else:
         cache = None  # free the old buffers before taking new ones
-        cache = StaticCache(model.config, batch_size, max_length, model.dtype, device)
+        layers = model.model.layers
+        cache = StaticCache(layers[0].self_attn, len(layers), batch_size, max_length, model.dtype, device)
     model.__dict__["llama_graph_patch_kv_cache"] = cache  # __dict__: not a registered buffer or weight
     return cache
 
