@@ -189,12 +189,87 @@ def test_one_run_compares_the_growing_and_the_static_cache(static_site, embedded
         (["--model-path", "/tmp", "--layers", "3"], 2, "a checkpoint keeps its own layers"),
         (["--layers", "0"], 2, "must be at least 1"),
         (["--modes", "eager", "--execute_mode", "eager"], 2, "exclude each other"),
+        (["--nproc-per-node", "3"], 2, "--nproc-per-node 3 does not divide num_attention_heads 4, num_key_value_heads 2, "
+         "intermediate_size 344 of the embedded model: each rank must hold an equal share of the heads; use one of 1, 2"),
+        (["--nproc-per-node", "0"], 2, "must be at least 1"),
     ],
 )
 def test_refusals(graph_mode_site, embedded, arguments, code, message):
     result = bench(graph_mode_site, embedded, *arguments)
     assert result.returncode == code, result.stderr
     assert message in result.stderr
+
+
+# One decoder layer: the sharded graphs compile in half the time of the embedded model's four.
+TWO_RANKS = ("--layers", "1", "--batch-size", "2", "--input-len", "16", "--max-new-tokens", "4")
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_tokens_of_one_process_with_two_graphs_per_rank(static_site, embedded, tmp_path):
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    single = bench(static_site, embedded, "--modes", "eager", *TWO_RANKS, "--output-json", str(one))
+    assert single.returncode == 0, single.stderr[-4000:]
+    result = bench(
+        static_site, embedded, "--nproc-per-node", "2", "--modes", "eager,max-autotune,reduce-overhead+static",
+        *TWO_RANKS, "--output-json", str(two), "--output-md", str(tmp_path / "two.md"),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    reference = json.loads(one.read_text())["modes"]["eager"]
+    report = json.loads(two.read_text())
+    assert report["metadata"]["world_size"] == 2 and json.loads(one.read_text())["metadata"]["world_size"] == 1
+    for mode, numbers in report["modes"].items():
+        assert numbers["status"] == "ok", numbers["error"]
+        assert numbers["tokens"] == reference["tokens"], mode
+        assert numbers["graphs_per_rank"] == ([0, 0] if mode == "eager" else [2, 2]), mode
+        assert len(numbers["peak_memory_mb_per_rank"]) == 2 and min(numbers["peak_memory_mb_per_rank"]) > 0
+        assert numbers["peak_memory_mb"] == max(numbers["peak_memory_mb_per_rank"])
+        # each rank holds half of every decoder layer's weights, all of the embeddings and the head
+        assert numbers["model_bytes"] < reference["model_bytes"]
+    assert report["modes"]["reduce-overhead+static"]["static_cache_mb"] > 0
+    assert "2 ranks, tensor parallel" in result.stdout and " 2/2 " in result.stdout
+    assert "- tensor parallel: 2 ranks" in (tmp_path / "two.md").read_text()
+
+
+def rank_process(rank: int) -> int | None:
+    """The pid of the bench worker the launcher started as `rank` (its environment says RANK=rank)."""
+    for folder in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (folder / "cmdline").read_bytes().split(b"\0")
+            environment = (folder / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"patcher.bench.worker" in command and b"torch.distributed.run" not in command and f"RANK={rank}".encode() in environment:
+            return int(folder.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stop, expected",
+    [
+        (signal.SIGKILL, "rank 1 failed (exit code -9): Signal 9 (SIGKILL)"),
+        # a rank that stops answering: rank 0's next collective waits out --collective-timeout
+        (signal.SIGSTOP, "Timed out waiting 5000ms"),
+    ],
+    ids=["killed", "stopped"],
+)
+def test_a_rank_that_dies_or_stops_mid_run_ends_the_bench_with_exit_8(graph_mode_site, embedded, tmp_path, stop, expected):
+    environment = {**os.environ, **python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(embedded), "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("llama-graph-patch")), "bench", "--nproc-per-node", "2", "--modes", "eager",
+         *TWO_RANKS, "--runs", "100000", "--collective-timeout", "5", "--output-json", str(tmp_path / "b.json")],
+        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("llama-graph-patch-bench-*/eager.timing.rank1.jsonl")):  # rank 1 is measuring
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
+        time.sleep(0.2)
+    os.kill(rank_process(1), stop)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 8, stderr[-3000:]
+    assert expected in stderr.splitlines()[-1]
+    assert json.loads((tmp_path / "b.json").read_text())["modes"]["eager"]["status"] == "failed"
+    assert rank_process(0) is None and rank_process(1) is None  # the launcher ended both ranks
 
 
 @pytest.mark.parametrize("name, scope", [("max-autotune", "model"), ("reduce-overhead+static@region", "region"),
@@ -320,6 +395,7 @@ def test_warm_fills_the_cache_that_status_shows_and_bench_finds(graph_mode_site,
         (["--modes", "eager"], 2, "eager compiles nothing, so there is nothing to warm"),
         (["--modes", "turbo"], 2, "unknown mode turbo"),
         (["--batch-size", "x"], 2, "invalid positive value"),
+        (["--nproc-per-node", "4"], 2, "--nproc-per-node 4 does not divide num_key_value_heads 2"),
     ],
 )
 def test_warm_refusals(graph_mode_site, tmp_path, arguments, code, message):

@@ -165,6 +165,7 @@ def build_report(runs: list[runner.ModeRun], chosen: list[Mode], setup: Setup) -
         "layers": plan["layers"],
         "model_bytes": first.get("model_bytes"),
         "dtype": first.get("dtype", plan["dtype"]),
+        "world_size": plan["nproc_per_node"],
         "batch_size": plan["batch_size"],
         "input_len": plan["input_len"],
         "max_new_tokens": plan["max_new_tokens"],

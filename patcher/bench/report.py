@@ -23,6 +23,8 @@ COLUMNS = (
     ("cache", "cache", "{}"),
     ("scope", "scope", "{}"),
 )
+# Columns whose value differs by rank in a multi-rank mode: shown for every rank, rank 0 first.
+PER_RANK = {"graphs": "graphs_per_rank", "peak_memory_mb": "peak_memory_mb_per_rank"}
 
 
 def host_cpu() -> str:
@@ -46,7 +48,11 @@ def rows(report: dict) -> list[list[str]]:
         cells = [mode, batch]
         for _, key, form in COLUMNS[2:]:
             value = numbers.get(key)
-            cells.append("-" if value is None else form.format(value))
+            per_rank = numbers.get(PER_RANK.get(key)) or []
+            if len(per_rank) > 1:
+                cells.append("/".join(form.format(item) for item in per_rank))
+            else:
+                cells.append("-" if value is None else form.format(value))
         table.append(cells)
     return table
 
@@ -74,6 +80,11 @@ def decoding_label(report: dict) -> str:
     return " + ".join(parts) or "greedy"
 
 
+def ranks_label(report: dict) -> str:
+    ranks = report["metadata"].get("world_size", 1)
+    return f" | {ranks} ranks, tensor parallel (slowest rank's step times)" if ranks > 1 else ""
+
+
 def console_table(report: dict) -> str:
     headers = [header for header, _, _ in COLUMNS]
     table = rows(report)
@@ -85,6 +96,7 @@ def console_table(report: dict) -> str:
     lines.append(
         f"{meta['model']} | {meta['device']} | {meta['dtype']} | batch {meta['batch_size']}, input {meta['input_len']}, "
         f"new tokens {meta['max_new_tokens']} | {decoding_label(report)} | static cache: {static_cache_label(report)}"
+        + ranks_label(report)
     )
     return "\n".join(lines)
 
@@ -100,6 +112,15 @@ def markdown(report: dict) -> str:
         f"- dtype {meta['dtype']}, batch {meta['batch_size']}, input {meta['input_len']} tokens (left-padded), "
         f"{meta['max_new_tokens']} new tokens, {meta['warmup_runs']} warm-up + {meta['runs']} measured run(s)",
         f"- decoding: {decoding_label(report)}",
+        *(
+            [
+                f"- tensor parallel: {meta['world_size']} ranks (torch.distributed.run, torch's TP API); each step's "
+                "time is the slowest rank's; graphs and memory are per rank, rank 0 first; memory read per step "
+                "is one rank's share"
+            ]
+            if meta.get("world_size", 1) > 1
+            else []
+        ),
         f"- patches: {', '.join(meta['patches']) or 'none'}; static cache: {static_cache_label(report)}",
         f"- torch {meta['torch_version']}, transformers {meta['transformers_version']}, python {meta['python']}, "
         f"llama-graph-patch {meta['tool_version']}",

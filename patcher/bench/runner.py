@@ -4,12 +4,17 @@ Sequential (the guide's way): each mode loads, warms up and measures, then the n
 Interleaved (--interleave): every mode's process loads and warms up first, then the measured runs
 alternate between the modes, so that a slow spell of a shared machine falls on all modes alike. The
 processes are then alive together: mind the device memory of big models.
+
+With --nproc-per-node N a mode's process is torch's launcher (torch.distributed.run), which starts the
+N ranks of the worker and ends them all when one fails; its summary in the log names the rank.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,8 +64,9 @@ class ModeRun:
         self.error: str | None = None
         self.timeout = timeout
         environment = worker_environment(mode, plan, folder, environment)
+        self.ranks = plan["nproc_per_node"]
         command = [
-            sys.executable, "-m", "patcher.bench.worker",
+            *launcher(self.ranks), "patcher.bench.worker",
             "--plan", str(plan_path), "--result", str(self.result_path), "--timing", str(self.timing_path),
         ]
         self.log = open(self.log_path, "w", encoding="utf-8")
@@ -78,7 +84,16 @@ class ModeRun:
 
     def _kill_for_time(self) -> None:
         self.timed_out.set()
-        self.process.kill()
+        if self.ranks == 1:
+            self.process.kill()
+            return
+        # The launcher passes SIGTERM on to its ranks and kills what is left after a grace period;
+        # a SIGKILL would leave the ranks running without it.
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
     def wait_for(self, wanted: str) -> bool:
         """Read the worker's events until `wanted`; False if the process ended first."""
@@ -118,7 +133,11 @@ class ModeRun:
         if self.timed_out.is_set():
             self.error = f"timed out after {self.timeout:g} s (--mode-timeout)"
         elif self.process.returncode != 0:
-            self.error = last_error_line(self.log_path) or f"exit code {self.process.returncode}"
+            self.error = (
+                (failed_ranks(self.log_path) if self.ranks > 1 else None)
+                or last_error_line(self.log_path)
+                or f"exit code {self.process.returncode}"
+            )
         elif not self.result_path.exists():
             self.error = "the worker ended without a result"
         return self
@@ -171,6 +190,37 @@ def run_modes(
             if run.send("run"):
                 run.wait_for("ran")
     return [run.finish() for run in ready]
+
+
+def launcher(ranks: int) -> list[str]:
+    """How a mode's process starts: the worker module itself, or torch's launcher with N ranks of it on
+    this machine (--standalone: its own rendezvous on a free port; no restarts: a failed rank ends the run)."""
+    if ranks == 1:
+        return [sys.executable, "-m"]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+        "--max-restarts=0", "-m",
+    ]
+
+
+def failed_ranks(log: Path) -> str | None:
+    """From the launcher's failure summary at the end of the log: each failed rank, its exit code, and why
+    (the last line of the traceback the worker recorded, or the signal that ended it). A rank ended by a
+    signal the launcher did not send comes first: the launcher's "root cause" is the first error recorded,
+    which is often a peer's broken connection to the rank that died."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    summary = text.rpartition(" FAILED\n")[2].split("=" * 20)[0]
+    failures = []
+    for entry in re.split(r"^\[\d+\]:\s*$", summary, flags=re.MULTILINE)[1:]:
+        rank = re.search(r"^\s*rank\s*:\s*(\d+)", entry, flags=re.MULTILINE)
+        exitcode = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", entry, flags=re.MULTILINE)
+        traceback = entry.partition("traceback :")[2].split("-" * 20)[0]  # dashes end the entry's section
+        why = [line.strip() for line in traceback.splitlines() if line.strip()]
+        if rank and exitcode:
+            killed = int(exitcode.group(1)) < 0 and int(exitcode.group(1)) != -signal.SIGTERM
+            reason = why[-1][:200] if why else "no traceback"
+            failures.append((not killed, f"rank {rank.group(1)} failed (exit code {exitcode.group(1)}): {reason}"))
+    return "; ".join(message for _, message in sorted(failures, key=lambda failure: failure[0])) or None
 
 
 def parse_event(line: str) -> dict | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patcher import installer
-from patcher.bench import models
+from patcher.bench import models, sharding
 from patcher.catalog import patch_names, resolve
 from patcher.errors import NotPatched, UsageError
 from patcher.locate import Target, find_target
@@ -63,6 +63,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda", "npu"], help="auto: npu, else cuda, else cpu"
     )
+    ranks = parser.add_argument_group("tensor parallel (default: one process per mode)")
+    ranks.add_argument(
+        "--nproc-per-node", type=positive, default=1, metavar="N",
+        help="run each mode as N ranks started by torch.distributed.run, each holding 1/N of every decoder "
+        "layer (torch's TP API, the Llama plan); Gloo on CPU, NCCL on CUDA (one GPU per rank), HCCL on NPU",
+    )
+    ranks.add_argument(
+        "--collective-timeout", type=positive_float, default=900, metavar="S",
+        help="end a multi-rank mode whose ranks wait more than S seconds for each other (900)",
+    )
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -107,11 +117,15 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
     if args.model_path and args.layers:
         raise UsageError("--layers changes the embedded model or a --preset; a checkpoint keeps its own layers")
     if args.model_path:
-        max_positions = models.checkpoint_config(args.model_path).get("max_position_embeddings", 2048)
+        config, source = models.checkpoint_config(args.model_path), f"{args.model_path}/config.json"
     elif args.preset:
-        max_positions = models.PRESETS[args.preset]["max_position_embeddings"]
+        config, source = models.PRESETS[args.preset], f"--preset {args.preset}"
     else:
-        max_positions = models.EMBEDDED_CONFIG["max_position_embeddings"]
+        config, source = models.EMBEDDED_CONFIG, "the embedded model"
+    max_positions = config.get("max_position_embeddings", 2048)
+    if args.nproc_per_node > 1:
+        sharding.check_divisible(config, args.nproc_per_node, source)
+        require_launcher(args.nproc_per_node)
     if args.input_len + args.max_new_tokens > max_positions:
         raise UsageError(
             f"--input-len {args.input_len} + --max-new-tokens {args.max_new_tokens} = "
@@ -143,6 +157,8 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
         "prompts": prompts,
         "decoding": decoding_options(args),
         "seed": args.seed,
+        "nproc_per_node": args.nproc_per_node,
+        "collective_timeout_s": args.collective_timeout,
         **plan,
     }
     return Setup(plan, name, "checkpoint" if args.model_path else "random", target, patches)
@@ -161,6 +177,23 @@ def require_patched(static_cache: bool) -> tuple[Target, list[str]]:
             f"{status.state}{' with ' + '+'.join(status.patches) if status.patches else ''}; run: {fix}"
         )
     return target, status.patches
+
+
+def require_launcher(ranks: int) -> None:
+    """torch.distributed and its launcher, importable by the workers' interpreter (this one), or exit 2."""
+    import importlib.util
+
+    try:
+        import torch.distributed
+
+        found = torch.distributed.is_available() and importlib.util.find_spec("torch.distributed.run") is not None
+    except ImportError as error:
+        raise UsageError(f"--nproc-per-node {ranks} needs torch, which this Python cannot import: {error}") from None
+    if not found:
+        raise UsageError(
+            f"--nproc-per-node {ranks} needs torch's launcher torch.distributed.run, which torch {torch.__version__} "
+            "lacks here (a build without distributed support); install a torch build with torch.distributed"
+        )
 
 
 def read_prompts(path: str) -> list[str]:

@@ -6,6 +6,10 @@ one run, "finish"). The patched greedy_search writes the per-step timing records
 its result as JSON and reports progress as JSON lines on stdout.
 
     python -m patcher.bench.worker --plan PLAN.json --result RESULT.json --timing TIMING.jsonl
+
+With --nproc-per-node N the parent starts it through torch.distributed.run instead: each of the N ranks
+loads the model and keeps its shard (patcher/bench/sharding.py), rank 0 alone talks with the parent
+(patcher/bench/ranks.py) and writes the result and timing of all ranks: per step, the slowest rank's time.
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ import time
 
 
 def main() -> None:
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:  # started by torch's launcher: its failure summary shows our error
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        record(parse_and_run)()
+    else:
+        parse_and_run()
+
+
+def parse_and_run() -> None:
     parser = argparse.ArgumentParser(description="Run one benchmark mode (started by llama-graph-patch bench).")
     parser.add_argument("--plan", required=True, help="the benchmark plan, JSON written by the parent")
     parser.add_argument("--result", required=True, help="where to write this mode's result")
@@ -29,12 +42,15 @@ def main() -> None:
         plan = json.load(source)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     result = run(plan, args.timing)
-    with open(args.result, "w", encoding="utf-8") as sink:
-        json.dump(result, sink)
+    if result is not None:  # rank 0 writes for all ranks
+        with open(args.result, "w", encoding="utf-8") as sink:
+            json.dump(result, sink)
 
 
 def progress(**event) -> None:
-    print(json.dumps(event), flush=True)
+    """One event for the parent's progress bar; the launcher's ranks share its stdout, so rank 0 speaks for all."""
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(event), flush=True)
 
 
 class TokenProgress:
@@ -64,13 +80,22 @@ class TokenProgress:
         self.last = time.monotonic()
 
 
-def run(plan: dict, timing_path: str) -> dict:
+def run(plan: dict, timing_path: str) -> dict | None:
+    """The result of this mode (on rank 0; None on the other ranks)."""
     import torch
 
-    device = resolve_device(plan["device"], torch)
+    from patcher.bench import ranks as ranks_module
+    from patcher.bench.sharding import local_bytes, shard
+
+    device = rank_device(resolve_device(plan["device"], torch), torch)
+    ranks = ranks_module.join(device.type, plan["collective_timeout_s"])
     dtype = resolve_dtype(plan["dtype"], device, torch)
     progress(event="phase", name="loading")
     model, tokenizer = load(plan, device, dtype, torch)
+    if ranks.size > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        shard(model, init_device_mesh(device.type, (ranks.size,)))
     prompts = [plan["prompts"][row % len(plan["prompts"])] for row in range(plan["batch_size"])]
     inputs = tokenizer(
         prompts, return_tensors="pt", padding="max_length", max_length=plan["input_len"], truncation=True
@@ -96,10 +121,11 @@ def run(plan: dict, timing_path: str) -> dict:
     sequences = []
 
     def generate():
-        torch.manual_seed(plan["seed"])  # every mode, and every call, draws the same random numbers
+        torch.manual_seed(plan["seed"])  # every mode, call and rank draws the same random numbers
         started = time.perf_counter()
         output = model.generate(**inputs, **options)
         synchronize(device, torch)
+        ranks.barrier()  # the next call starts together on every rank
         call_s.append(time.perf_counter() - started)
         if "streamer" not in options:  # the progress bar moves a whole call at a time
             progress(event="tokens", count=new_tokens)
@@ -111,11 +137,8 @@ def run(plan: dict, timing_path: str) -> dict:
             last = generate()
         # The parent says when to measure: all runs at once, or one at a time between other modes' runs.
         progress(event="ready")
-        os.environ["LLAMA_GRAPH_PATCH_TIMING"] = timing_path
-        for command in sys.stdin:
-            command = command.strip()
-            if command == "finish":
-                break
+        os.environ["LLAMA_GRAPH_PATCH_TIMING"] = ranks_module.rank_path(timing_path, ranks)
+        while (command := ranks.next_command()) != "finish":
             progress(event="phase", name="measuring")
             for _ in range(plan["runs"] if command == "measure" else 1):
                 sequences.append(generate())
@@ -125,6 +148,22 @@ def run(plan: dict, timing_path: str) -> dict:
     if sequences:
         last = sequences[-1]
     generated = last[:, plan["input_len"] :]
+    own = {
+        "tokens": generated.tolist(),
+        "call_s": call_s,
+        "graphs": compiled_graphs(),
+        "peak_memory_mb": peak_memory_mb(device, torch),
+        "timing": read_records(ranks_module.rank_path(timing_path, ranks)),
+    }
+    every_rank = ranks.gather(own)
+    ranks.leave()
+    if not ranks.first:
+        return None
+    if ranks.size > 1:
+        write_records(timing_path, slowest_steps([rank["timing"] for rank in every_rank]))
+    for rank, other in enumerate(every_rank[1:], start=1):
+        if other["tokens"] != own["tokens"]:
+            raise RuntimeError(f"rank {rank} generated other tokens than rank 0: the ranks' logits differ")
     cache = model.__dict__.get("llama_graph_patch_kv_cache")
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
@@ -133,23 +172,45 @@ def run(plan: dict, timing_path: str) -> dict:
         "device": device_name(device, torch),
         "device_type": device.type,
         "dtype": str(dtype).replace("torch.", ""),
+        "world_size": ranks.size,
         "new_tokens": [int(sequence.shape[1]) - plan["input_len"] for sequence in sequences],
-        "tokens": generated.tolist(),
+        "tokens": own["tokens"],
         "answers": None if plan["preset"] else tokenizer.batch_decode(generated, skip_special_tokens=True),
-        "warmup_s": call_s[0] if plan["warmup_runs"] else None,
-        "call_s": call_s,
-        "graphs": compiled_graphs(),
+        "warmup_s": max(rank["call_s"][0] for rank in every_rank) if plan["warmup_runs"] else None,
+        "call_s": [max(times) for times in zip(*(rank["call_s"] for rank in every_rank))],
+        "graphs": own["graphs"],
+        "graphs_per_rank": [rank["graphs"] for rank in every_rank],
         "cuda_graphs": cuda_graphs_recorded(device),
         "cache": compile_cache_state(model),
         "precompiled_load_s": precompiled_load_s(model),
-        "peak_memory_mb": peak_memory_mb(device, torch),
-        "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-        # keys and values of every layer, per token of all rows (batch x beams)
-        "kv_bytes_per_token": 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element
-        * plan["batch_size"] * plan["decoding"]["num_beams"],
+        "peak_memory_mb": max(rank["peak_memory_mb"] for rank in every_rank),
+        "peak_memory_mb_per_rank": [rank["peak_memory_mb"] for rank in every_rank],
+        "model_bytes": local_bytes(model),  # one rank's share: what each card reads per step
+        # keys and values of every layer that one rank holds, per token of all rows (batch x beams)
+        "kv_bytes_per_token": 2 * config.num_hidden_layers * config.num_key_value_heads // ranks.size * head_dim
+        * element * plan["batch_size"] * plan["decoding"]["num_beams"],
         "static_cache_mb": cache.nbytes / 2**20 if cache is not None else None,
         "peak_bandwidth_gbs": peak_bandwidth_gbs(device, torch),
     }
+
+
+def read_records(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as source:
+        return [json.loads(line) for line in source]
+
+
+def write_records(path: str, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as sink:
+        sink.writelines(json.dumps(record) + "\n" for record in records)
+
+
+def slowest_steps(per_rank: list[list[dict]]) -> list[dict]:
+    """One timing record per step, rank 0's with the slowest rank's time: the step is done when all are."""
+    if len({len(records) for records in per_rank}) != 1:
+        raise RuntimeError(f"the ranks timed different numbers of steps: {[len(records) for records in per_rank]}")
+    return [{**steps[0], "ms": max(step["ms"] for step in steps)} for steps in zip(*per_rank)]
 
 
 def compiled_graphs() -> int:
@@ -194,6 +255,20 @@ def resolve_device(asked: str, torch):
     if asked == "cuda" or asked == "auto" and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def rank_device(device, torch):
+    """Under the launcher, the accelerator of this rank's LOCAL_RANK, made current (NCCL and HCCL expect it)."""
+    from patcher.bench.ranks import local_rank
+
+    if device.type == "cpu" or "LOCAL_RANK" not in os.environ:
+        return device
+    accelerator = getattr(torch, device.type)
+    index, count = local_rank(), accelerator.device_count()
+    if index >= count:
+        raise RuntimeError(f"local rank {index} needs {device.type}:{index}, but this machine shows {count} {device.type} devices")
+    accelerator.set_device(index)
+    return torch.device(device.type, index)
 
 
 def npu_available() -> bool:

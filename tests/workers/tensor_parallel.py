@@ -1,16 +1,20 @@
 """The worker scripts' tiny grouped-query Llama (4 heads, 2 key-value heads) sharded over the ranks of
-`torchrun` with torch's TP API, generating greedily in the modes given, two calls per mode; prints one JSON
-line per rank: tokens and graphs compiled per call. With --reference it generates in one process, unsharded,
-as the reference to compare with. The transformers to test goes first on the import path:
+`torchrun` with torch's TP API as a user's script would (the plan of patcher/bench/sharding.py, which this
+script may not import: tests run it where the tool cannot be imported), generating greedily in the modes
+given, two calls per mode; prints one JSON line per rank: tokens and graphs compiled per call. With
+--reference it generates in one process, unsharded, as the reference to compare with. The transformers to
+test goes first on the import path:
 
     PYTHONPATH=PATCHED_SITE torchrun --standalone --nproc-per-node 2 tests/workers/tensor_parallel.py
     PYTHONPATH=UNPATCHED_SITE python tests/workers/tensor_parallel.py --reference
 
-(LLAMA_GRAPH_PATCH_STATIC_CACHE=0|1 picks the KV cache where the static-cache patch is applied.)
+A mode is eager, max-autotune or reduce-overhead; with +static (where the static-cache patch is applied)
+it runs with LLAMA_GRAPH_PATCH_STATIC_CACHE=1, else 0.
 """
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -55,9 +59,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modes", nargs="?", default="eager,max-autotune,reduce-overhead")
     parser.add_argument("--reference", action="store_true", help="one process, unsharded")
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers (2)")
     args = parser.parse_args()
     if args.reference:
-        print(json.dumps({"reference": generate_twice(tiny_llama(2, spread=0.1))}))
+        print(json.dumps({"reference": generate_twice(tiny_llama(2, layers=args.layers, spread=0.1))}))
         return
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -66,8 +71,10 @@ def main():
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     results = {}
     for mode in args.modes.split(","):
-        enter_mode(mode)
-        results[mode] = generate_twice(shard(tiny_llama(2, spread=0.1), mesh))
+        name, static, _ = mode.partition("+static")
+        os.environ["LLAMA_GRAPH_PATCH_STATIC_CACHE"] = "1" if static else "0"
+        enter_mode(name)
+        results[mode] = generate_twice(shard(tiny_llama(2, layers=args.layers, spread=0.1), mesh))
     print(json.dumps({"rank": dist.get_rank(), "world_size": dist.get_world_size(), **results}), flush=True)
     dist.destroy_process_group()
 
