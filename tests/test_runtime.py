@@ -35,9 +35,13 @@ def check_timing(records: list, prompt_lengths: list, new_tokens: list, batch_si
         assert isinstance(record["ms"], float) and record["ms"] > 0
 
 
+# Both attention kinds in the whole-model scope, grouped-query (Llama-2-70B's) in the layer scopes; the static
+# cache test runs multi-head attention in the per-layer scope.
 @pytest.mark.slow
-@pytest.mark.parametrize("scope", ["model", "layers", "region"])
-@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
+@pytest.mark.parametrize(
+    "kv_heads, scope", [(4, "model"), (2, "model"), (2, "layers"), (2, "region")],
+    ids=["multi-head-model", "grouped-query-model", "grouped-query-layers", "grouped-query-region"],
+)
 def test_greedy_tokens_match_unpatched_transformers_in_every_mode(
     pristine_site, graph_mode_site, tmp_path, kv_heads, scope
 ):
