@@ -230,15 +230,17 @@ def test_two_ranks_give_the_tokens_of_one_process_with_two_graphs_per_rank(stati
     assert "- tensor parallel: 2 ranks" in (tmp_path / "two.md").read_text()
 
 
-def rank_process(rank: int) -> int | None:
-    """The pid of the bench worker the launcher started as `rank` (its environment says RANK=rank)."""
+def rank_process(rank: int, tmp: Path) -> int | None:
+    """The pid of the bench worker the launcher started as `rank` for this test (its environment says RANK=rank
+    and TMPDIR=tmp: another test's ranks may be running)."""
     for folder in Path("/proc").glob("[0-9]*"):
         try:
             command = (folder / "cmdline").read_bytes().split(b"\0")
             environment = (folder / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"patcher.bench.worker" in command and b"torch.distributed.run" not in command and f"RANK={rank}".encode() in environment:
+        if b"patcher.bench.worker" in command and b"torch.distributed.run" not in command and f"RANK={rank}".encode() in environment \
+                and f"TMPDIR={tmp}".encode() in environment:
             return int(folder.name)
     return None
 
@@ -264,12 +266,12 @@ def test_a_rank_that_dies_or_stops_mid_run_ends_the_bench_with_exit_8(graph_mode
     while not list(tmp_path.glob("llama-graph-patch-bench-*/eager.timing.rank1.jsonl")):  # rank 1 is measuring
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
         time.sleep(0.2)
-    os.kill(rank_process(1), stop)
+    os.kill(rank_process(1, tmp_path), stop)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 8, stderr[-3000:]
     assert expected in stderr.splitlines()[-1]
     assert json.loads((tmp_path / "b.json").read_text())["modes"]["eager"]["status"] == "failed"
-    assert rank_process(0) is None and rank_process(1) is None  # the launcher ended both ranks
+    assert rank_process(0, tmp_path) is None and rank_process(1, tmp_path) is None  # the launcher ended both
 
 
 @pytest.mark.parametrize("name, scope", [("max-autotune", "model"), ("reduce-overhead+static@region", "region"),
