@@ -62,11 +62,6 @@ class Ranks:
             dist.destroy_process_group()
 
 
-def local_rank() -> int:
-    """This process's rank on its machine, as torch.distributed.run numbers them (0 without the launcher)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def join(device_type: str, timeout_s: float) -> Ranks:
     """Join the process group the launcher set up (rendezvous from the WORLD_SIZE, RANK, MASTER_ADDR it sets),
     with a timeout on every collective of the generation, so that a rank that stops answering ends the run

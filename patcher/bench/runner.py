@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from patcher.bench import stats
 from patcher.bench.modes import Mode
 
 # What a worker must not inherit when --cold gives it an empty compile cache of its own.
@@ -146,9 +147,7 @@ class ModeRun:
         return json.loads(self.result_path.read_text(encoding="utf-8"))
 
     def records(self) -> list[dict]:
-        if not self.timing_path.exists():
-            return []
-        return [json.loads(line) for line in self.timing_path.read_text(encoding="utf-8").splitlines()]
+        return stats.read_records(self.timing_path)
 
 
 def work_folder(plan: dict, purpose: str) -> tuple[Path, Path]:

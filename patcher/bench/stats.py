@@ -5,7 +5,17 @@ Definitions (the guide's): prefill = the first step of a generate call; decode =
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The step timing records in a JSON-lines timing file; none if the file was never written."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as source:
+        return [json.loads(line) for line in source]
 
 
 def split_runs(records: list[dict]) -> list[list[dict]]:

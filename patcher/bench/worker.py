@@ -86,6 +86,7 @@ def run(plan: dict, timing_path: str) -> dict | None:
 
     from patcher.bench import ranks as ranks_module
     from patcher.bench.sharding import local_bytes, shard
+    from patcher.bench.stats import read_records
 
     device = rank_device(resolve_device(plan["device"], torch), torch)
     ranks = ranks_module.join(device.type, plan["collective_timeout_s"])
@@ -194,13 +195,6 @@ def run(plan: dict, timing_path: str) -> dict | None:
     }
 
 
-def read_records(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as source:
-        return [json.loads(line) for line in source]
-
-
 def write_records(path: str, records: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as sink:
         sink.writelines(json.dumps(record) + "\n" for record in records)
@@ -259,12 +253,10 @@ def resolve_device(asked: str, torch):
 
 def rank_device(device, torch):
     """Under the launcher, the accelerator of this rank's LOCAL_RANK, made current (NCCL and HCCL expect it)."""
-    from patcher.bench.ranks import local_rank
-
     if device.type == "cpu" or "LOCAL_RANK" not in os.environ:
         return device
     accelerator = getattr(torch, device.type)
-    index, count = local_rank(), accelerator.device_count()
+    index, count = int(os.environ["LOCAL_RANK"]), accelerator.device_count()
     if index >= count:
         raise RuntimeError(f"local rank {index} needs {device.type}:{index}, but this machine shows {count} {device.type} devices")
     accelerator.set_device(index)
