@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -287,6 +289,49 @@ def test_refuses_a_checkpoint_that_is_not_llama(graph_mode_site, embedded, tmp_p
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     result = bench(graph_mode_site, embedded, "--model-path", str(tmp_path))
     assert result.returncode == 2 and "model_type is 'gpt2', not 'llama'" in result.stderr
+
+
+def hub_cache(home: Path, repo_id: str, checkpoint: Path) -> Path:
+    """HF_HOME/hub holding `checkpoint` as huggingface-cli download leaves it: refs/main names a commit
+    whose snapshot folder links each file to its blob. Returns the snapshot folder."""
+    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in checkpoint.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_a_hub_id_in_the_local_cache_runs_from_its_snapshot(graph_mode_site, embedded, tiny_checkpoint, tmp_path):
+    snapshot = hub_cache(tmp_path / "hf", "test-org/tiny-llama", tiny_checkpoint)
+    report_path = tmp_path / "b.json"
+    result = bench(
+        graph_mode_site, embedded,
+        "--model-path", "test-org/tiny-llama", "--modes", "eager", "--batch-size", "1", "--input-len", "8",
+        "--max-new-tokens", "2", "--output-json", str(report_path), env={"HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["metadata"]["model"] == f"test-org/tiny-llama ({snapshot})"
+    assert report["metadata"]["weights"] == "checkpoint"
+    assert report["modes"]["eager"]["status"] == "ok" and report["modes"]["eager"]["new_tokens"] == 2
+
+
+def test_a_hub_id_missing_from_the_cache_says_where_it_looked_and_how_to_get_it(graph_mode_site, embedded, tmp_path):
+    result = bench(graph_mode_site, embedded, "--model-path", "test-org/absent", env={"HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"llama-graph-patch: error: --model-path test-org/absent: no such folder, and the Hugging Face cache "
+        f"{tmp_path / 'hf' / 'hub'} holds no snapshot of the hub model test-org/absent (models--test-org--absent, "
+        "branch main); on a machine with network run `huggingface-cli download test-org/absent` and copy its "
+        "cache here (or point HF_HOME at a copy), or pass the checkpoint's folder"
+    )
 
 
 def test_refuses_an_unpatched_transformers(pristine_site, embedded):

@@ -1,4 +1,5 @@
-"""The models the benchmark runs: a checkpoint folder, the embedded tiny Llama, or a random preset.
+"""The models the benchmark runs: a checkpoint (a folder, or a hub id cached locally), the embedded tiny
+Llama, or a random preset.
 
 The embedded model is a real checkpoint folder (config.json, model.safetensors, a sentencepiece
 tokenizer.model) built deterministically on first use and loaded through the same from_pretrained path
@@ -175,19 +176,56 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def checkpoint_config(folder: str) -> dict:
-    """config.json of a Llama checkpoint folder, or a usage error saying what is wrong with it."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise UsageError(f"--model-path {folder}: no such folder")
-    config = path / "config.json"
+def checkpoint_folder(given: str) -> Path:
+    """The folder --model-path names, as from_pretrained would find it without network: the folder itself,
+    or a hub id's snapshot in the local Hugging Face cache. The workers and the report get that folder, so
+    no worker looks anything up on the hub."""
+    if Path(given).is_dir():
+        return Path(given)
+    if not is_hub_id(given):
+        raise UsageError(f"--model-path {given}: no such folder")
+    return cached_snapshot(given)
+
+
+def is_hub_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def cached_snapshot(repo_id: str) -> Path:
+    """The snapshot of `repo_id`'s main branch in the cache the running transformers' from_pretrained reads
+    (its TRANSFORMERS_CACHE: each release has its own chain of environment variables, 4.31 reads HF_HOME
+    but not HF_HUB_CACHE), or a usage error saying how to get it there."""
+    from huggingface_hub import snapshot_download
+    from transformers.utils.hub import TRANSFORMERS_CACHE
+
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=TRANSFORMERS_CACHE, local_files_only=True))
+    # huggingface_hub 0.11 (4.28's oldest) raises FileNotFoundError or ValueError; later ones LocalEntryNotFoundError
+    except (OSError, ValueError):
+        raise UsageError(
+            f"--model-path {repo_id}: no such folder, and the Hugging Face cache {TRANSFORMERS_CACHE} holds no "
+            f"snapshot of the hub model {repo_id} (models--{repo_id.replace('/', '--')}, branch main); on a machine "
+            f"with network run `huggingface-cli download {repo_id}` and copy its cache here (or point HF_HOME at "
+            "a copy), or pass the checkpoint's folder"
+        ) from None
+
+
+def checkpoint_config(folder: Path, given: str) -> dict:
+    """config.json of a Llama checkpoint folder, or a usage error saying what is wrong with it; `given` is
+    what --model-path said (a folder or a hub id)."""
+    config = folder / "config.json"
     if not config.is_file():
-        raise UsageError(f"--model-path {folder}: no config.json, not a transformers checkpoint")
+        raise UsageError(f"--model-path {given}: no config.json in {folder}, not a transformers checkpoint")
     data = json.loads(config.read_text(encoding="utf-8"))
     if data.get("model_type") != "llama":
         raise UsageError(
-            f"--model-path {folder}: model_type is {data.get('model_type')!r}, not 'llama'; the patches and "
+            f"--model-path {given}: model_type is {data.get('model_type')!r}, not 'llama'; the patches and "
             "this benchmark are for Llama checkpoints"
         )
     return data
-

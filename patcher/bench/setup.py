@@ -48,7 +48,11 @@ def probability(text: str) -> float:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model (default: the embedded tiny Llama, random weights)")
-    model.add_argument("--model-path", "--model_path", dest="model_path", help="a Llama checkpoint folder")
+    model.add_argument(
+        "--model-path", "--model_path", dest="model_path",
+        help="a Llama checkpoint folder, or a hub id (org/name) whose snapshot is in the local Hugging Face cache "
+        "(found offline, as from_pretrained finds it)",
+    )
     model.add_argument(
         "--preset", choices=sorted(models.PRESETS), help="random weights of this shape, made on the device"
     )
@@ -117,7 +121,8 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
     if args.model_path and args.layers:
         raise UsageError("--layers changes the embedded model or a --preset; a checkpoint keeps its own layers")
     if args.model_path:
-        config, source = models.checkpoint_config(args.model_path), f"{args.model_path}/config.json"
+        folder = models.checkpoint_folder(args.model_path)
+        config, source = models.checkpoint_config(folder, args.model_path), f"{args.model_path}/config.json"
     elif args.preset:
         config, source = models.PRESETS[args.preset], f"--preset {args.preset}"
     else:
@@ -135,7 +140,8 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
     target, patches = require_patched(static_cache)
 
     if args.model_path:
-        model_path = tokenizer_path = name = args.model_path
+        model_path = tokenizer_path = str(folder)
+        name = args.model_path if folder == Path(args.model_path) else f"{args.model_path} ({folder})"
     else:
         model_path = tokenizer_path = str(models.embedded_model(layers=None if args.preset else args.layers))
         name = models.EMBEDDED_NAME
