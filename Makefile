@@ -1,5 +1,9 @@
-# `make test` and `make bench` build everything they need in .venv (CPU torch, transformers 4.31.0).
+# `make test` and `make bench` build everything they need in .venv (torch 2.13.0, transformers 4.31.0).
+# TORCH picks the torch wheel: pip gets the CPU build of torch==2.13.0 only where its index serves one (on
+# plain PyPI, Linux gets the CUDA build, several GB); PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+# in the environment offers it there.
 PYTHON ?= python3
+TORCH ?= torch==2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-installed
@@ -7,12 +11,12 @@ DEPS := $(VENV)/.deps-installed
 # machine's speed wanders by a third from minute to minute, so the modes' measured runs alternate.
 BENCH_ARGS ?= --batch-size 4 --input-len 96 --max-new-tokens 64 --runs 5 --interleave
 
-.PHONY: test bench bench-static install clean
+.PHONY: test test-fast docs bench bench-static install clean
 
 $(DEPS): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0" "transformers==4.31.0" "tokenizers<0.14" "huggingface_hub<1.0" \
+	$(BIN)/pip install -q "$(TORCH)" "transformers==4.31.0" "tokenizers<0.14" "huggingface_hub<1.0" \
 		"libcst>=1.1" "packaging>=21" "filelock>=3.8" "tqdm>=4.60" "safetensors>=0.3" \
 		"sentencepiece>=0.1.99" "matplotlib>=3.5" "pytest>=7" "pytest-xdist>=3" "parso>=0.8" \
 		"setuptools>=77" wheel
@@ -26,6 +30,16 @@ install: $(DEPS)
 # loadgroup: tests sharing an expensive module fixture (xdist_group) run in one worker, which builds it once.
 test: install
 	$(BIN)/pytest -n 2 --dist loadgroup tests
+
+# The tests not marked slow (no compiles, downloads or environments): a quick loop while editing.
+test-fast: install
+	$(BIN)/pytest -n 2 --dist loadgroup -m "not slow" tests
+
+# Rewrite the tables in the docs that restate code (exit codes, releases); tests/test_docs.py checks them.
+DOCS := README.md $(wildcard docs/*.md)
+
+docs: install
+	$(BIN)/python -m patcher.doc_tables $(DOCS)
 
 bench: install
 	$(BIN)/llama-graph-patch apply

@@ -1,5 +1,5 @@
 """Command line: a thin layer that parses arguments, calls the installer or the benchmark, and maps
-their errors to the exit codes README.md documents."""
+their errors to the exit codes of patcher/errors.py (README.md lists them)."""
 
 from __future__ import annotations
 
@@ -12,28 +12,15 @@ import traceback
 from patcher import __version__, installer
 from patcher.cache import describe
 from patcher.catalog import patch_names
-from patcher.errors import PatcherError
+from patcher.errors import PatcherError, exit_codes
 from patcher.locate import find_target
-
-EXIT_CODES = """exit codes:
-  0  done, or already in the asked state
-  1  unexpected error (set LLAMA_GRAPH_PATCH_DEBUG=1 for a traceback)
-  2  usage error
-  3  transformers missing or of an unsupported version
-  4  the code to patch is not in the expected shape
-  5  a patched file was modified since apply (see revert --force)
-  6  file-system error (permission, read-only, lock timeout)
-  7  bench, warm: the transformers it would run is not patched as needed
-  8  bench, warm: at least one mode failed (the report holds the others)
-"""
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llama-graph-patch",
         description="Patch transformers (4.28 to 4.41) so that Llama generation runs in PyTorch graph mode "
         "(torchair on Ascend NPUs, inductor elsewhere), benchmark it, and revert it byte for byte.",
-        epilog=EXIT_CODES,
+        epilog="exit codes:\n" + "".join(f"  {code:>3}  {text.replace('`', '')}\n" for code, text in exit_codes()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
