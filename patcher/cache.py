@@ -2,7 +2,7 @@
 
     $LLAMA_GRAPH_PATCH_CACHE (default ~/.cache/llama-graph-patch, under XDG_CACHE_HOME when set)
         embedded-tiny-llama-*/     the bench's embedded model
-        compile/                   compile artifacts the patched transformers keeps (see README)
+        compile/                   compile artifacts the patched transformers keeps (docs/compile-time.md)
             artifacts/KEY.bin      torch's caches for one model shape, mode, scope, ...
             precompiled/KEY.bin    code compiled ahead, per phase and batch-size class
 

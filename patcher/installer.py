@@ -88,7 +88,7 @@ class Change:
 
 
 def cache_report() -> dict:
-    """The tool's cache root and how much the compile artifacts in it take (README: compile cache)."""
+    """The tool's cache root and how much the compile artifacts in it take (docs/compile-time.md)."""
     root = cache_root()
     compiled = usage(compile_folder(root))
     return {

@@ -1,6 +1,6 @@
 """Tensor parallelism for the bench: which model shapes N ranks can split, and the Llama plan that splits them.
 
-The plan is the one users apply in their own scripts with torch's TP API (README): q, k, v, gate and up
+The plan is the one users apply in their own scripts with torch's TP API (docs/serving.md): q, k, v, gate and up
 projections split by output columns, o and down by input rows (their outputs all-reduced), so that each
 rank keeps its share of the attention heads and of the MLP. Embeddings, norms and the LM head stay whole
 on every rank, so every rank computes the same logits and picks the same tokens.

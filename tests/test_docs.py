@@ -1,0 +1,199 @@
+"""The documentation against the code: generated tables current, the environment variables the runtime reads,
+every command, flag and make target the docs name, and the links between the docs."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from patcher import cli, doc_tables
+
+ROOT = Path(__file__).parent.parent
+DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "benchmarks" / "README.md"]
+DOCS += sorted((ROOT / "docs").glob("*.md"))
+RUNTIME = sorted((ROOT / "patches").glob("*/_llama_graph_patch*.py"))
+COMMANDS = ("apply", "revert", "status", "diff", "bench", "warm")
+# Flags of other programs that the docs show next to ours, by program.
+FOREIGN_FLAGS = {
+    "pip": {"--no-deps", "--no-build-isolation", "--force-reinstall", "--upgrade", "--target", "--only-binary"},
+    "pip wheel": {"-w"},
+    "torchrun / torch.distributed.run": {"--nproc-per-node", "--standalone", "--max-restarts"},
+    "pytest": {"--dist"},
+}
+FLAG = re.compile(r"(?<![\w-])--[a-zA-Z][\w-]*")
+SWITCH = re.compile(r"^(EXE_MODE|GRAPH_MODE|LLAMA_GRAPH_PATCH_[A-Z_]+)$")
+
+
+def help_text(*command: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        cli.main([*command, "--help"])
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def flags_of() -> dict[str, set[str]]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", "1000")  # no wrapping inside a flag
+        return {command: set(FLAG.findall(help_text(command))) for command in COMMANDS} | {
+            "": set(FLAG.findall(help_text()))
+        }
+
+
+def code_lines(text: str) -> list[str]:
+    """Inline code spans, and the lines of fenced blocks with their continuation lines joined."""
+    lines: list[str] = []
+    blocks = re.split(r"^```.*$", text, flags=re.M)
+    for index, block in enumerate(blocks):
+        if index % 2:  # inside a fence
+            for line in block.splitlines():
+                if line.startswith(("+", "-", "@@")):  # a diff shows code, not commands
+                    continue
+                line = re.sub(r"\s#\s.*$", "", line)  # shell comments
+                if lines and (line.startswith((" ", "\t")) or lines[-1].endswith("\\")) and line.strip():
+                    lines[-1] = lines[-1].rstrip("\\") + " " + line.strip()
+                elif line.strip():
+                    lines.append(line)
+        else:
+            lines.extend(re.findall(r"`([^`\n]+)`", block))
+    return lines
+
+
+def command_lines(text: str) -> list[tuple[str, str]]:
+    """(command, its arguments) for every `llama-graph-patch COMMAND ...` and every code span that starts
+    with a command's name followed by flags (`revert [--force]`)."""
+    found = []
+    for line in code_lines(text):
+        for match in re.finditer(r"llama-graph-patch(?: (\w+))?((?: (?!&&|\||;)[^ ]+)*)", line):
+            found.append((match[1] or "", match[2]))
+        start = re.match(rf"({'|'.join(COMMANDS)}) (\[?-.*)$", line)
+        if start:
+            found.append((start[1], start[2]))
+    return found
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_command_and_flag_the_docs_show_exists_in_its_help(path, flags_of):
+    text = path.read_text(encoding="utf-8")
+    unknown = []
+    for command, arguments in command_lines(text):
+        if command not in flags_of:
+            if command:
+                unknown.append(f"llama-graph-patch {command} (no such command)")
+            continue
+        unknown += [f"{command} {flag}" for flag in FLAG.findall(arguments) if flag not in flags_of[command]]
+    ours = set().union(*flags_of.values())
+    theirs = set().union(*FOREIGN_FLAGS.values())
+    unknown += [flag for flag in set(FLAG.findall(text)) if flag not in ours and flag not in theirs]
+    assert not unknown, f"{path.name} names what no --help offers: {sorted(set(unknown))}"
+
+
+def test_the_bench_synopsis_names_every_flag_of_bench_help(flags_of):
+    synopsis = next(
+        block for block in re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / "benchmark.md").read_text(), re.S)
+        if "llama-graph-patch bench [" in block
+    )
+    missing = flags_of["bench"] - set(FLAG.findall(synopsis)) - {"--help", "--execute-mode", "--graph-mode"}
+    assert not missing, f"docs/benchmark.md's synopsis lacks {sorted(missing)}"
+
+
+def test_every_make_target_the_docs_name_exists():
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    named = {
+        (path.name, target)
+        for path in DOCS
+        for line in code_lines(path.read_text(encoding="utf-8"))
+        for target in re.findall(r"(?:^|&&|;)\s*make ([a-z][\w-]*)", line.strip())
+    }
+    assert named, "the docs name no make target at all: the pattern is wrong"
+    assert {(name, target) for name, target in named if target not in targets} == set()
+
+
+def test_every_relative_link_points_at_a_file_and_heading_that_exist():
+    broken = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            if not linked.exists():
+                broken.append(f"{path.name}: {target}")
+            elif anchor and linked.suffix == ".md" and anchor not in headings(linked):
+                broken.append(f"{path.name}: {target} (no such heading)")
+    assert not broken
+
+
+def headings(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    titles = re.findall(r"^#+ (.*)$", path.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-") for title in titles}
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_the_generated_tables_are_current(path):
+    text = path.read_text(encoding="utf-8")
+    assert doc_tables.render(text, str(path)) == text, f"{path.name} is stale: run `make docs`"
+
+
+def test_the_generated_tables_are_rendered_from_the_code():
+    readme, releases = (ROOT / "README.md").read_text(), (ROOT / "docs" / "releases.md").read_text()
+    assert "| 5 | a patched file was modified since apply" in readme
+    assert "| 4.31.0 | greedy_search, sample, beam_search, beam_sample, group_beam_search, constrained_b" in releases
+    stale = readme.replace("| 2 | usage error", "| 2 | usage mistake")
+    assert doc_tables.render(stale, "README.md") == readme
+
+
+def documented_switches() -> dict[str, tuple[str, str]]:
+    """The README's run-time switches table: variable -> (values column, default column)."""
+    section = (ROOT / "README.md").read_text().split("## Run-time switches", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (.*) \| (.*) \|$", section, re.M)
+    return {name: (values, default) for name, values, default in rows}
+
+
+def runtime_settings() -> tuple[set[str], dict[str, tuple[object, tuple]]]:
+    """Every switch name the runtime modules and the command line mention, and for each `setting(name,
+    default, allowed)` / `count_setting(name, default)` call its default and allowed values."""
+    names, settings = set(), {}
+    for path in [*RUNTIME, ROOT / "patcher" / "cli.py"]:
+        tree = ast.parse(path.read_text())
+        constants = {
+            node.targets[0].id: node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SWITCH.match(node.value):
+                names.add(node.value)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("setting", "count_setting"):
+                name, default, *allowed = [constants.get(getattr(arg, "id", None), arg) for arg in node.args]
+                settings[ast.literal_eval(name)] = (
+                    literal_or_none(default),
+                    tuple(ast.literal_eval(allowed[0])) if allowed else (),
+                )
+    return names, settings
+
+
+def literal_or_none(node: ast.AST):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:  # computed (INDUCTOR_MODE's follows GRAPH_MODE)
+        return None
+
+
+def test_the_switches_table_names_what_the_runtime_reads_with_its_values_and_defaults():
+    names, settings = runtime_settings()
+    table = documented_switches()
+    assert {"EXE_MODE", "LLAMA_GRAPH_PATCH_TIMING", "LLAMA_GRAPH_PATCH_PRECOMPILE"} <= names <= set(table)
+    assert set(table) == names, f"documented but never read: {sorted(set(table) - names)}"
+    for name, (default, allowed) in settings.items():
+        values, default_column = table[name]
+        shown = set(re.findall(r"`([^`]+)`", values))
+        assert set(allowed) <= shown, f"{name}: {sorted(set(allowed) - shown)} undocumented"
+        if default is not None:
+            assert f"`{default}`" in default_column, f"{name}: the default is {default!r}"
