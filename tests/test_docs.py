@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from patcher import cli, doc_tables
+from helpers import installed_site_packages
+from patcher import cli, doc_tables, installer
+from patcher.locate import find_target
 
 ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "benchmarks" / "README.md"]
@@ -197,3 +199,14 @@ def test_the_switches_table_names_what_the_runtime_reads_with_its_values_and_def
         assert set(allowed) <= shown, f"{name}: {sorted(set(allowed) - shown)} undocumented"
         if default is not None:
             assert f"`{default}`" in default_column, f"{name}: the default is {default!r}"
+
+
+def test_the_diff_in_the_design_doc_is_what_apply_makes_on_this_transformers():
+    excerpt = re.search(r"```diff\n(.*?)```", (ROOT / "docs" / "design.md").read_text(), re.S)[1]
+    real = installer.diff(find_target(site_packages=str(installed_site_packages())), ["graph-mode"]).splitlines()
+    position = 0
+    for line in excerpt.splitlines():
+        if line == "...":
+            continue
+        assert line in real[position:], f"docs/design.md's diff shows {line!r}, which apply does not write there"
+        position = real.index(line, position) + 1
