@@ -123,6 +123,55 @@ def test_a_failing_mode_is_reported_and_the_others_still_run(graph_mode_site, em
     assert "random weights, not Llama-2" in report["metadata"]["model"]
 
 
+# About three times what the eager worker takes to load and warm up on 2 cores (3.3 s when they are idle).
+MODE_TIMEOUT_S = 10
+QUICK_EAGER = ("--modes", "eager", "--batch-size", "1", "--input-len", "8", "--max-new-tokens", "2")
+
+
+def test_the_mode_timeout_spares_a_sequential_modes_measured_runs(graph_mode_site, embedded, tmp_path):
+    """--mode-timeout covers loading and warm-up: a mode still measuring past it is not cut off. Its runs never
+    end on their own, so that the test does not depend on how fast this machine generates."""
+    (tmp_path / "tmp").mkdir()  # holds the bench's worker folder
+    environment = {
+        **os.environ, **python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(embedded), "TMPDIR": str(tmp_path / "tmp"),
+    }
+    command = [
+        str(Path(sys.executable).with_name("llama-graph-patch")), "bench", *QUICK_EAGER, "--runs", "1000000",
+        "--mode-timeout", str(MODE_TIMEOUT_S),
+    ]
+    errors = tmp_path / "bench.stderr"  # a file, not a pipe: a full pipe would stall the progress bars and the runs
+    with open(errors, "w") as sink, subprocess.Popen(
+        command, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=sink
+    ) as bench_process:
+        try:
+            deadline = time.monotonic() + 300
+            while not (timing := list((tmp_path / "tmp").glob("llama-graph-patch-bench-*/eager.timing.jsonl"))):
+                assert bench_process.poll() is None and time.monotonic() < deadline, errors.read_text()[-3000:]
+                time.sleep(0.2)
+            started = (timing[0].parent / "plan.json").stat().st_mtime  # the worker starts right after its plan
+            time.sleep(max(0.0, started + MODE_TIMEOUT_S + 2 - time.time()))
+            steps = len(timing[0].read_text().splitlines())
+            time.sleep(0.5)
+            assert bench_process.poll() is None, errors.read_text()[-3000:]
+            assert len(timing[0].read_text().splitlines()) > steps  # still measuring
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # a bench that ended leaves no group to kill
+                os.killpg(bench_process.pid, signal.SIGKILL)  # the bench and its worker
+
+
+def test_the_mode_timeout_ends_a_mode_whose_warm_up_outlasts_it(graph_mode_site, embedded, tmp_path):
+    report_path = tmp_path / "b.json"
+    result = bench(
+        graph_mode_site, embedded, *QUICK_EAGER, "--warmup-runs", "1000000", "--mode-timeout", str(MODE_TIMEOUT_S),
+        "--output-json", str(report_path),
+    )
+    assert result.returncode == 8, result.stderr[-3000:]
+    assert "warm-up" in result.stderr  # the progress bar's phase: loading was done
+    failed = json.loads(report_path.read_text())["modes"]["eager"]
+    assert failed["status"] == "failed" and failed["error"] == f"timed out after {MODE_TIMEOUT_S} s (--mode-timeout)"
+    shutil.rmtree(Path(failed["log"]).parent)  # kept by bench for the user to read; not needed here
+
+
 @pytest.mark.slow
 def test_the_report_is_written_after_each_mode(graph_mode_site, embedded, tiny_checkpoint, tmp_path):
     """A bench cut off midway (a device call's time limit, say) leaves the modes that ended."""

@@ -119,9 +119,14 @@ class ModeRun:
             return False
         return True
 
-    def stop_clock(self) -> None:
-        """The time limit covers loading and warm-up (where compilation happens)."""
-        self.timer.cancel()
+    def wait_until_ready(self) -> bool:
+        """Read the worker's events until its warm-up is done, and stop the clock there: the time limit covers
+        loading and warm-up (where compilation happens), never the measured runs. False if the worker ended
+        first."""
+        ready = self.wait_for("ready")
+        if ready:
+            self.timer.cancel()
+        return ready
 
     def finish(self) -> ModeRun:
         """Wait for the process to end and record why it failed, if it did."""
@@ -173,7 +178,8 @@ def run_modes(
         runs = []
         for mode in modes:
             run = ModeRun(mode, plan, plan_path, folder, timeout, width)
-            run.send("measure")  # all measured runs at once
+            if run.wait_until_ready():
+                run.send("measure")  # all measured runs at once
             runs.append(run.finish())
             if len(runs) < len(modes):
                 finished(runs)
@@ -181,8 +187,7 @@ def run_modes(
     ready = []
     for mode in modes:
         run = ModeRun(mode, plan, plan_path, folder, timeout, width)
-        if run.wait_for("ready"):
-            run.stop_clock()
+        run.wait_until_ready()
         ready.append(run)
     for _ in range(plan["runs"]):
         for run in ready:
