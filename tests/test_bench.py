@@ -383,6 +383,47 @@ def test_a_hub_id_missing_from_the_cache_says_where_it_looked_and_how_to_get_it(
     )
 
 
+def with_settings(checkpoint: Path, folder: Path, **settings) -> Path:
+    """A copy of `checkpoint` whose config.json also says `settings`."""
+    shutil.copytree(checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **settings}))
+    return folder
+
+
+def test_a_rope_base_the_running_transformers_ignores_is_a_warning(graph_mode_site, embedded, tiny_checkpoint, tmp_path):
+    folder = with_settings(tiny_checkpoint, tmp_path / "codellama-like", rope_theta=1000000.0)
+    result = bench(
+        graph_mode_site, embedded,
+        "--model-path", str(folder), "--modes", "eager", "--batch-size", "1", "--input-len", "8", "--max-new-tokens", "2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        f"llama-graph-patch: warning: --model-path {folder}: config.json asks for rope_theta 1000000.0, which "
+        "transformers 4.31.0 ignores (Llama reads rope_theta from transformers 4.33.0 on): the model runs with rotary "
+        "base 10000 instead and answers worse than it was trained to"
+    ) in result.stderr.splitlines()
+
+
+def test_a_rope_scaling_the_running_transformers_refuses_exits_2_before_any_worker(
+    graph_mode_site, embedded, tiny_checkpoint, tmp_path
+):
+    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+               "rope_type": "llama3"}
+    folder = with_settings(tiny_checkpoint, tmp_path / "llama3-like", rope_scaling=scaling)
+    result = bench(
+        graph_mode_site, embedded, "--model-path", str(folder), "--modes", "eager", "--input-len", "8",
+        "--max-new-tokens", "2", env={"TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"llama-graph-patch: error: --model-path {folder}: config.json asks for rope_scaling {json.dumps(scaling)}, "
+        'which transformers 4.31.0 refuses when it loads the model (4.31.0 to 4.42.4 take only {"type": "linear" or '
+        '"dynamic", "factor": a float above 1}; Llama reads this rope_scaling from transformers 4.43.0 on)'
+    )
+    assert not list(tmp_path.glob("llama-graph-patch-bench-*"))  # no worker folder: no worker started
+
+
 def test_refuses_an_unpatched_transformers(pristine_site, embedded):
     result = bench(pristine_site, embedded, "--modes", "eager")
     assert result.returncode == 7

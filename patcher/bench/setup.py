@@ -7,11 +7,12 @@ device, dtype, shapes and prompts, and how many generate calls.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from patcher import installer
-from patcher.bench import models, sharding
+from patcher.bench import models, rope, sharding
 from patcher.catalog import patch_names, resolve
 from patcher.errors import NotPatched, UsageError
 from patcher.locate import Target, find_target
@@ -140,6 +141,8 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
     target, patches = require_patched(static_cache)
 
     if args.model_path:
+        for warning in rope.checkpoint_warnings(config, target.transformers_version, args.model_path):
+            warn(warning)
         model_path = tokenizer_path = str(folder)
         name = args.model_path if folder == Path(args.model_path) else f"{args.model_path} ({folder})"
     else:
@@ -168,6 +171,11 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
         **plan,
     }
     return Setup(plan, name, "checkpoint" if args.model_path else "random", target, patches)
+
+
+def warn(message: str) -> None:
+    """On stderr, as the command line writes apply's warnings: the reports stay what was measured."""
+    print(f"llama-graph-patch: warning: {message}", file=sys.stderr)
 
 
 def require_patched(static_cache: bool) -> tuple[Target, list[str]]:
