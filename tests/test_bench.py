@@ -18,6 +18,7 @@ import pytest
 
 from helpers import python_path, run_cli
 from patcher.bench import models, modes, stats
+from patcher.bench.report import console_table, markdown
 from patcher.cache import usage
 from patches.graph_mode import _llama_graph_patch as runtime
 
@@ -447,6 +448,105 @@ def test_the_embedded_model_is_the_same_bytes_every_build(tmp_path):
         assert tokenizer.decode(tokenizer(prompt)["input_ids"], skip_special_tokens=True) == prompt
     model = LlamaForCausalLM.from_pretrained(first)
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query attention
+
+
+def hand_made_report(answers: dict, prompts: list[str]) -> dict:
+    """A report as bench builds it, of modes that gave `answers` (one per prompt; "failed": a mode that failed)."""
+    metadata = {
+        "time": "2025-01-01T00:00:00+00:00", "model": "tiny", "device": "cpu", "host_cpu": "cpu", "dtype": "float32",
+        "batch_size": len(prompts), "input_len": 8, "max_new_tokens": 4, "warmup_runs": 1, "runs": 1, "world_size": 1,
+        "decoding": {"num_beams": 1, "do_sample": False, "seed": 0}, "static_cache": False, "static_cache_mb": None,
+        "patches": ["graph-mode"], "torch_version": "2.13.0", "transformers_version": "4.31.0", "python": "3.11",
+        "tool_version": "0", "command": "llama-graph-patch bench", "modes_not_run": [], "model_bytes": 1000,
+        "prompts": prompts,
+    }
+    ran = {
+        "status": "ok", "error": None, "prefill_ms": 2.0, "decode_ms_mean": 1.0, "decode_ms_p90": 1.0,
+        "tokens_per_s": 1000.0, "peak_memory_mb": 300.0, "decode_speedup_vs_eager": 1.0, "token_agreement_vs_eager": 1.0,
+        "compile_s": 0.0, "graphs": 0, "cache": None, "scope": None, "decode_bandwidth_gbs": None, "cuda_graphs": None,
+    }
+    failed = {"status": "failed", "error": "boom", "log": "/tmp/boom.log"}
+    modes = {mode: failed if texts == "failed" else {**ran, "answers": texts} for mode, texts in answers.items()}
+    return {"metadata": metadata, "modes": modes}
+
+
+PROMPTS = ["Why is the sky blue?", "What's your name?"]
+
+
+def test_the_reports_show_eagers_answers_and_that_every_mode_agrees():
+    answers = ["Because of air.", "Llama."]
+    results = hand_made_report({"eager": answers, "max-autotune": answers, "reduce-overhead": answers}, PROMPTS)
+    assert console_table(results).splitlines()[-5:] == [
+        "",
+        "Answers: eager's, and each mode's that differs from it:",
+        "prompt                eager            modes that differ",
+        "Why is the sky blue?  Because of air.  none",
+        "What's your name?     Llama.           none",
+    ]
+    assert markdown(results).splitlines()[-7:] == [
+        "",
+        "Answers: eager's, and each mode's that differs from it:",
+        "",
+        "| prompt | eager | modes that differ |",
+        "|---|---|---|",
+        "| Why is the sky blue? | Because of air. | none |",
+        "| What's your name? | Llama. | none |",
+    ]
+
+
+def test_the_reports_name_the_modes_whose_answers_differ_and_what_they_answered():
+    results = hand_made_report(
+        {
+            "eager": ["Because of air.", "Llama."],
+            "max-autotune": ["Because of air.", "Alpaca."],
+            "reduce-overhead": ["Because of dust.", "Llama."],
+            "max-autotune@layers": ["Because of air.", "Alpaca."],
+            "reduce-overhead+static": "failed",  # named in the table above, not among the answers
+        },
+        PROMPTS + PROMPTS,  # a batch twice the prompts: its repeated rows go
+    )
+    assert console_table(results).splitlines()[-5:] == [
+        "",
+        "Answers: eager's, and each mode's that differs from it:",
+        "prompt                eager            modes that differ",
+        "Why is the sky blue?  Because of air.  reduce-overhead: Because of dust.",
+        "What's your name?     Llama.           max-autotune, max-autotune@layers: Alpaca.",
+    ]
+    assert markdown(results).splitlines()[-4:] == [
+        "| prompt | eager | modes that differ |",
+        "|---|---|---|",
+        "| Why is the sky blue? | Because of air. | **reduce-overhead**: Because of dust. |",
+        "| What's your name? | Llama. | **max-autotune, max-autotune@layers**: Alpaca. |",
+    ]
+
+
+def test_without_eager_the_answers_are_compared_with_the_first_mode_that_ran():
+    results = hand_made_report(
+        {"max-autotune": "failed", "reduce-overhead": ["Air.", "Llama."], "max-autotune@layers": ["Air.", "Alpaca."]},
+        PROMPTS,
+    )
+    assert console_table(results).splitlines()[-4:] == [
+        "Answers: reduce-overhead's (no eager mode ran), and each mode's that differs from it:",
+        "prompt                reduce-overhead  modes that differ",
+        "Why is the sky blue?  Air.             none",
+        "What's your name?     Llama.           max-autotune@layers: Alpaca.",
+    ]
+
+
+def test_markdown_escapes_the_answers_and_the_console_shortens_them():
+    prompts = ["Pipe | or *not*?"]
+    results = hand_made_report({"eager": ["a|b\nc *d* \\ <s>"], "max-autotune": ["好" * 20]}, prompts)
+    assert markdown(results).splitlines()[-1] == (
+        "| Pipe \\| or \\*not\\*? | a\\|b<br>c \\*d\\* \\\\ \\<s\\> | **max-autotune**: " + "好" * 20 + " |"
+    )
+    # each 好 takes two columns of the 32 an answer keeps, the ellipsis one
+    assert console_table(results).splitlines()[-1] == "Pipe | or *not*?  a|b\\nc *d* \\ <s>  max-autotune: " + "好" * 15 + "…"
+
+
+def test_the_reports_have_no_answers_where_the_modes_have_none():
+    results = hand_made_report({"eager": None, "max-autotune": None}, PROMPTS)  # a --preset: ids without spelling
+    assert console_table(results).splitlines()[-1].startswith("tiny | cpu | float32 | batch 2")
+    assert "Answers" not in markdown(results)
 
 
 def test_statistics_follow_their_definitions():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from patcher import __version__
 from patcher.bench import report, runner, stats
-from patcher.bench.modes import GRAMMAR, GUIDE_MODES, STATIC_SUFFIX, Mode, parse_mode, parse_modes
+from patcher.bench.modes import GRAMMAR, GUIDE_MODES, Mode, parse_mode, parse_modes
 from patcher.bench.setup import Setup, add_model_arguments, add_workload_arguments, non_negative, positive, prepare
 from patcher.errors import BenchModeFailed, UsageError
 
@@ -128,8 +128,8 @@ def build_report(runs: list[runner.ModeRun], chosen: list[Mode], setup: Setup) -
     plan, target = setup.plan, setup.target
     scopes = {mode.name: mode.scope for mode in chosen}
     ok = {run.mode: run.result() for run in runs if run.error is None}
-    reference = "eager" if "eager" in ok else "eager" + STATIC_SUFFIX
-    eager_tokens = ok[reference]["tokens"] if reference in ok else None
+    reference = report.eager_reference(ok)
+    eager_tokens = ok[reference]["tokens"] if reference else None
     modes = {}
     for run in runs:
         try:

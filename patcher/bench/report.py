@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import unicodedata
 from pathlib import Path
+
+from patcher.bench.modes import STATIC_SUFFIX
 
 COLUMNS = (
     # header, key in a mode's report, format
@@ -25,6 +28,12 @@ COLUMNS = (
 )
 # Columns whose value differs by rank in a multi-rank mode: shown for every rank, rank 0 first.
 PER_RANK = {"graphs": "graphs_per_rank", "peak_memory_mb": "peak_memory_mb_per_rank"}
+# The modes the others are compared with (tokens, speed, answers), in order of preference.
+EAGER_MODES = ("eager", "eager" + STATIC_SUFFIX)
+# Terminal columns a prompt or an answer keeps in the console; the Markdown report has them whole.
+CONSOLE_TEXT_COLUMNS = 32
+# Characters that Markdown would read as formatting, or as the end of a table cell.
+MARKDOWN_SPECIAL = "\\`*_[]<>|~"
 
 
 def host_cpu() -> str:
@@ -98,7 +107,7 @@ def console_table(report: dict) -> str:
         f"new tokens {meta['max_new_tokens']} | {decoding_label(report)} | static cache: {static_cache_label(report)}"
         + ranks_label(report)
     )
-    return "\n".join(lines)
+    return "\n".join(lines + console_answers(report))
 
 
 def markdown(report: dict) -> str:
@@ -151,7 +160,98 @@ def markdown(report: dict) -> str:
     ]
     if captured:
         lines += ["", "CUDA graphs (inductor's cudagraph trees, all calls of the mode):", *captured]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + markdown_answers(report)) + "\n"
+
+
+def eager_reference(names) -> str | None:
+    """Which of `names` (modes that ran) the others are compared with: eager, else eager+static, else none."""
+    return next((name for name in EAGER_MODES if name in names), None)
+
+
+def answered_modes(report: dict) -> list[str]:
+    """The modes that ran and have answers: a --preset's random weights make ids its tokenizer cannot spell."""
+    return [mode for mode, numbers in report["modes"].items() if numbers["status"] == "ok" and numbers["answers"] is not None]
+
+
+def answer_reference(report: dict) -> str | None:
+    """The mode whose answers the others are compared with: eager where it ran, else the first mode that ran."""
+    answered = answered_modes(report)
+    return eager_reference(answered) or next(iter(answered), None)
+
+
+def answer_rows(report: dict, reference: str) -> list[tuple[str, str, dict[str, list[str]]]]:
+    """Per batch row: its prompt, the reference mode's answer, and each other answer with the modes that gave it.
+    A row equal to an earlier one goes: a batch larger than the prompts repeats them."""
+    prompts = report["metadata"]["prompts"]
+    others = [mode for mode in answered_modes(report) if mode != reference]
+    rows = []
+    for index, answer in enumerate(report["modes"][reference]["answers"]):
+        differing: dict[str, list[str]] = {}
+        for mode in others:
+            theirs = report["modes"][mode]["answers"][index]
+            if theirs != answer:
+                differing.setdefault(theirs, []).append(mode)
+        row = (prompts[index % len(prompts)], answer, differing)
+        if row not in rows:
+            rows.append(row)
+    return rows
+
+
+def answers_title(reference: str) -> str:
+    fallback = "" if reference in EAGER_MODES else " (no eager mode ran)"
+    return f"Answers: {reference}'s{fallback}, and each mode's that differs from it:"
+
+
+def console_answers(report: dict) -> list[str]:
+    """The answers section of the console report (none without answers), after a blank line."""
+    reference = answer_reference(report)
+    if reference is None:
+        return []
+    table = [["prompt", reference, "modes that differ"]]
+    for prompt, answer, differing in answer_rows(report, reference):
+        others = "; ".join(f"{', '.join(modes)}: {console_text(text)}" for text, modes in differing.items())
+        table.append([console_text(prompt), console_text(answer), others or "none"])
+    widths = [max(columns(row[i]) for row in table) for i in range(2)]
+    lines = [
+        "  ".join([*(cell + " " * (width - columns(cell)) for cell, width in zip(row, widths)), row[2]]) for row in table
+    ]
+    return ["", answers_title(reference), *lines]
+
+
+def markdown_answers(report: dict) -> list[str]:
+    """The answers section of the Markdown report (none without answers), whole and escaped."""
+    reference = answer_reference(report)
+    if reference is None:
+        return []
+    lines = ["", answers_title(reference), "", f"| prompt | {reference} | modes that differ |", "|---|---|---|"]
+    for prompt, answer, differing in answer_rows(report, reference):
+        others = "<br>".join(f"**{', '.join(modes)}**: {markdown_text(text)}" for text, modes in differing.items())
+        lines.append(f"| {markdown_text(prompt)} | {markdown_text(answer)} | {others or 'none'} |")
+    return lines
+
+
+def columns(text: str) -> int:
+    """Terminal columns `text` takes: wide (CJK) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(character) in "WF" else 1 for character in text)
+
+
+def console_text(text: str) -> str:
+    """`text` on one line of at most CONSOLE_TEXT_COLUMNS columns, an ellipsis ending what was cut."""
+    text = (text or "(empty)").replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    if columns(text) <= CONSOLE_TEXT_COLUMNS:
+        return text
+    kept = ""
+    for character in text:
+        if columns(kept + character) > CONSOLE_TEXT_COLUMNS - 1:
+            break
+        kept += character
+    return kept + "…"
+
+
+def markdown_text(text: str) -> str:
+    """`text` whole in one table cell, read as plain text: formatting characters escaped, line breaks as <br>."""
+    escaped = "".join("\\" + character if character in MARKDOWN_SPECIAL else character for character in text or "(empty)")
+    return "<br>".join(escaped.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
 
 
 def write_json(report: dict, path: Path) -> None:
