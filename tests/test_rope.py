@@ -106,6 +106,7 @@ def llama_sources(version: str) -> tuple[str, str]:
         )
 
 
+@pytest.mark.slow  # downloads each release's wheel on first use
 @pytest.mark.parametrize("version", load_catalog()["graph-mode"].releases)
 def test_the_tables_match_what_each_release_reads(version):
     configuration, modeling = llama_sources(version)
