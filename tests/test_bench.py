@@ -394,16 +394,22 @@ def with_settings(checkpoint: Path, folder: Path, **settings) -> Path:
 
 def test_a_rope_base_the_running_transformers_ignores_is_a_warning(graph_mode_site, embedded, tiny_checkpoint, tmp_path):
     folder = with_settings(tiny_checkpoint, tmp_path / "codellama-like", rope_theta=1000000.0)
+    json_path, markdown_path = tmp_path / "bench.json", tmp_path / "bench.md"
     result = bench(
         graph_mode_site, embedded,
         "--model-path", str(folder), "--modes", "eager", "--batch-size", "1", "--input-len", "8", "--max-new-tokens", "2",
+        "--output-json", str(json_path), "--output-md", str(markdown_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (
-        f"llama-graph-patch: warning: --model-path {folder}: config.json asks for rope_theta 1000000.0, which "
+    warning = (
+        f"--model-path {folder}: config.json asks for rope_theta 1000000.0, which "
         "transformers 4.31.0 ignores (Llama reads rope_theta from transformers 4.33.0 on): the model runs with rotary "
         "base 10000 instead and answers worse than it was trained to"
-    ) in result.stderr.splitlines()
+    )
+    assert f"llama-graph-patch: warning: {warning}" in result.stderr.splitlines()  # before the modes run
+    assert f"warning: {warning}" in result.stdout.splitlines()  # and again under the table
+    assert json.loads(json_path.read_text())["metadata"]["warnings"] == [warning]
+    assert f"- **warning**: {warning}" in markdown_path.read_text().splitlines()
 
 
 def test_a_rope_scaling_the_running_transformers_refuses_exits_2_before_any_worker(

@@ -17,7 +17,7 @@ from pathlib import Path
 from patcher import __version__
 from patcher.bench import report, runner, stats
 from patcher.bench.modes import GRAMMAR, GUIDE_MODES, Mode, parse_mode, parse_modes
-from patcher.bench.setup import Setup, add_model_arguments, add_workload_arguments, non_negative, positive, prepare
+from patcher.bench.setup import Setup, add_model_arguments, add_workload_arguments, non_negative, positive, prepare, warn
 from patcher.errors import BenchModeFailed, UsageError
 
 
@@ -98,6 +98,7 @@ def run_bench(args: argparse.Namespace) -> int:
         interleave=args.interleave,
         cold=args.cold,
     )
+    warn(setup)
     folder, plan_path = runner.work_folder(setup.plan, "bench")
 
     def write_reports(runs: list[runner.ModeRun]) -> dict:
@@ -178,5 +179,6 @@ def build_report(runs: list[runner.ModeRun], chosen: list[Mode], setup: Setup) -
         "static_cache": bool(static_sizes),
         "static_cache_mb": static_sizes[0] if static_sizes else None,
         "modes_not_run": [mode.name for mode in chosen if mode.name not in modes],  # a report written midway
+        "warnings": setup.warnings,
     }
     return {"metadata": metadata, "modes": modes}

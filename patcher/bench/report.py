@@ -107,6 +107,7 @@ def console_table(report: dict) -> str:
         f"new tokens {meta['max_new_tokens']} | {decoding_label(report)} | static cache: {static_cache_label(report)}"
         + ranks_label(report)
     )
+    lines += [f"warning: {warning}" for warning in meta.get("warnings", [])]  # again: the run's output scrolled it away
     return "\n".join(lines + console_answers(report))
 
 
@@ -135,6 +136,7 @@ def markdown(report: dict) -> str:
         f"llama-graph-patch {meta['tool_version']}",
         f"- command: `{meta['command']}`",
         *([f"- written midway: {', '.join(meta['modes_not_run'])} not run yet"] if meta["modes_not_run"] else []),
+        *(f"- **warning**: {warning}" for warning in meta.get("warnings", [])),
         "",
         "Prefill is the first step of a generate call, decode the mean of the later steps (device-synchronized). "
         "compile s: the first generate call's time beyond a steady-state call; cache: what the compile cache held "

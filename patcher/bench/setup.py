@@ -112,6 +112,7 @@ class Setup:
     weights: str  # "checkpoint" or "random"
     target: Target  # the transformers the workers import
     patches: list[str]  # what that transformers carries
+    warnings: list[str]  # what the user should know before trusting the numbers (the command prints them)
 
 
 def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
@@ -141,11 +142,11 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
     target, patches = require_patched(static_cache)
 
     if args.model_path:
-        for warning in rope.checkpoint_warnings(config, target.transformers_version, args.model_path):
-            warn(warning)
+        warnings = rope.checkpoint_warnings(config, target.transformers_version, args.model_path)
         model_path = tokenizer_path = str(folder)
         name = args.model_path if folder == Path(args.model_path) else f"{args.model_path} ({folder})"
     else:
+        warnings = []
         model_path = tokenizer_path = str(models.embedded_model(layers=None if args.preset else args.layers))
         name = models.EMBEDDED_NAME
         if args.layers and not args.preset:
@@ -170,12 +171,13 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
         "collective_timeout_s": args.collective_timeout,
         **plan,
     }
-    return Setup(plan, name, "checkpoint" if args.model_path else "random", target, patches)
+    return Setup(plan, name, "checkpoint" if args.model_path else "random", target, patches, warnings)
 
 
-def warn(message: str) -> None:
-    """On stderr, as the command line writes apply's warnings: the reports stay what was measured."""
-    print(f"llama-graph-patch: warning: {message}", file=sys.stderr)
+def warn(setup: Setup) -> None:
+    """The setup's warnings on stderr, as the command line writes apply's, before any mode starts."""
+    for warning in setup.warnings:
+        print(f"llama-graph-patch: warning: {warning}", file=sys.stderr)
 
 
 def require_patched(static_cache: bool) -> tuple[Target, list[str]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from patcher.bench import runner
 from patcher.bench.modes import GRAMMAR, Mode, parse_modes
-from patcher.bench.setup import add_model_arguments, add_workload_arguments, prepare
+from patcher.bench.setup import add_model_arguments, add_workload_arguments, prepare, warn
 from patcher.cache import cache_root, compile_folder, usage
 from patcher.errors import BenchModeFailed, UsageError
 
@@ -51,6 +51,7 @@ def run_warm(args: argparse.Namespace) -> int:
     if not all(mode.compiles for mode in modes):
         raise UsageError(f"--modes {args.modes}: eager compiles nothing, so there is nothing to warm")
     setup = prepare(args, any(mode.static_cache for mode in modes), warmup_runs=1, runs=0, interleave=False, cold=False)
+    warn(setup)
     folder, plan_path = runner.work_folder(setup.plan, "warm")
     stored = compile_folder()
     rows = []
