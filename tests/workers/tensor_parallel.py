@@ -1,11 +1,12 @@
 """The worker scripts' tiny grouped-query Llama (4 heads, 2 key-value heads) sharded over the ranks of
 `torchrun` with torch's TP API as a user's script would (the plan of patcher/bench/sharding.py, which this
 script may not import: tests run it where the tool cannot be imported), generating greedily in the modes
-given, two calls per mode; prints one JSON line per rank: tokens and graphs compiled per call. With
+given, two calls per mode; each rank writes OUT/rank<R>.json (--output OUT; the ranks share one stdout, where
+long lines of two ranks can interleave): tokens and graphs compiled per call. With
 --reference it generates in one process, unsharded, as the reference to compare with. The transformers to
 test goes first on the import path:
 
-    PYTHONPATH=PATCHED_SITE torchrun --standalone --nproc-per-node 2 tests/workers/tensor_parallel.py
+    PYTHONPATH=PATCHED_SITE torchrun --standalone --nproc-per-node 2 tests/workers/tensor_parallel.py --output OUT
     PYTHONPATH=UNPATCHED_SITE python tests/workers/tensor_parallel.py --reference
 
 A mode is eager, max-autotune or reduce-overhead; with +static (where the static-cache patch is applied)
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 from tiny import enter_mode, tiny_llama
@@ -60,6 +62,7 @@ def main():
     parser.add_argument("modes", nargs="?", default="eager,max-autotune,reduce-overhead")
     parser.add_argument("--reference", action="store_true", help="one process, unsharded")
     parser.add_argument("--layers", type=int, default=2, help="decoder layers (2)")
+    parser.add_argument("--output", type=Path, help="the folder each rank writes its rank<R>.json into")
     args = parser.parse_args()
     if args.reference:
         print(json.dumps({"reference": generate_twice(tiny_llama(2, layers=args.layers, spread=0.1))}))
@@ -75,7 +78,8 @@ def main():
         os.environ["LLAMA_GRAPH_PATCH_STATIC_CACHE"] = "1" if static else "0"
         enter_mode(name)
         results[mode] = generate_twice(shard(tiny_llama(2, layers=args.layers, spread=0.1), mesh))
-    print(json.dumps({"rank": dist.get_rank(), "world_size": dist.get_world_size(), **results}), flush=True)
+    report = {"rank": dist.get_rank(), "world_size": dist.get_world_size(), **results}
+    (args.output / f"rank{dist.get_rank()}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 
 
