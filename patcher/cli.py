@@ -12,7 +12,7 @@ import traceback
 from patcher import __version__, installer
 from patcher.cache import describe
 from patcher.catalog import patch_names
-from patcher.errors import PatcherError, exit_codes
+from patcher.errors import INTERRUPTED, READER_GONE, PatcherError, exit_codes
 from patcher.locate import find_target
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,13 +157,18 @@ def run_diff(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # here rather than at exit, so that a reader gone away is answered below
+        return code
     except PatcherError as error:
         print(f"llama-graph-patch: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("llama-graph-patch: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED[0]
+    except BrokenPipeError:  # `status | head -1`: the reader may stop reading; nothing failed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the exit's own flush fails again
+        return READER_GONE[0]
     except Exception as error:  # the contract: one line and exit 1, never a raw traceback
         if os.environ.get("LLAMA_GRAPH_PATCH_DEBUG"):
             traceback.print_exc()

@@ -19,8 +19,13 @@ BLOCK = re.compile(
 )
 
 
+def cell(text: str) -> str:
+    """`text` inside a Markdown table cell, where `|` would end the cell even inside backticks."""
+    return text.replace("|", r"\|")
+
+
 def exit_code_table() -> str:
-    rows = [f"| {code} | {meaning} |" for code, meaning in exit_codes()]
+    rows = [f"| {code} | {cell(meaning)} |" for code, meaning in exit_codes()]
     return "\n".join(["| code | meaning |", "|---|---|", *rows]) + "\n"
 
 

@@ -6,6 +6,7 @@ README.md's table (rendered by patcher/doc_tables.py) say of each code, so they 
 
 DONE = (0, "done, or already in the asked state")
 INTERRUPTED = (130, "interrupted (Ctrl-C); the next apply or revert finishes a change that was being committed")
+READER_GONE = (141, "the output's reader stopped reading early, as `head -1` does; the command's work is done")
 
 
 class PatcherError(Exception):
@@ -67,4 +68,4 @@ class BenchModeFailed(PatcherError):
 def exit_codes() -> list[tuple[int, str]]:
     """Every exit code of the command line with its meaning, in order."""
     kinds = [PatcherError, *PatcherError.__subclasses__()]
-    return sorted([DONE, INTERRUPTED, *((kind.exit_code, kind.meaning) for kind in kinds)])
+    return sorted([DONE, INTERRUPTED, READER_GONE, *((kind.exit_code, kind.meaning) for kind in kinds)])

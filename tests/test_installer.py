@@ -44,6 +44,20 @@ def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) 
         assert word in lines[0], (word, lines[0])
 
 
+def test_a_reader_that_stops_reading_ends_the_command_quietly(site):
+    """`status | head -1`: the pipe's reader is gone before status writes; no 'unexpected error', exit 141."""
+    read, write = os.pipe()
+    os.close(read)
+    executable = Path(sys.executable).with_name("llama-graph-patch")
+    try:
+        result = subprocess.run(
+            [str(executable), "status", "--site-packages", str(site)], stdout=write, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
 def graph_mode_bytes(original: bytes) -> bytes:
     return patch_file(UTILS, original, resolve(["graph-mode"]), "4.31.0")
 
