@@ -28,8 +28,9 @@ install: $(DEPS)
 	$(BIN)/pip install -q --no-deps --no-build-isolation --force-reinstall .
 
 # loadgroup: tests sharing an expensive module fixture (xdist_group) run in one worker, which builds it once.
+# The 25 slowest tests are listed at the end: the suite must stay under 20 minutes on 2 cores.
 test: install
-	$(BIN)/pytest -n 2 --dist loadgroup tests
+	$(BIN)/pytest -n 2 --dist loadgroup --durations=25 tests
 
 # The tests not marked slow (no compiles, downloads or environments): a quick loop while editing.
 test-fast: install

@@ -37,9 +37,9 @@ def by_strategy(run: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kv_heads, scope", [(4, "model"), (2, "model"), (2, "region")], ids=["multi-head", "grouped-query", "region"]
-)
+# Grouped-query attention (the harder case of the two: the strategies' hooks do not depend on it) in the
+# whole-model and region scopes; multi-head attention's tokens are checked in tests/test_serving.py and on 4.28.1.
+@pytest.mark.parametrize("kv_heads, scope", [(2, "model"), (2, "region")], ids=["grouped-query", "region"])
 def test_every_strategy_gives_the_tokens_of_unpatched_transformers(
     pristine_site, graph_mode_site, tmp_path, kv_heads, scope
 ):

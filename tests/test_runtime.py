@@ -35,12 +35,12 @@ def check_timing(records: list, prompt_lengths: list, new_tokens: list, batch_si
         assert isinstance(record["ms"], float) and record["ms"] > 0
 
 
-# Both attention kinds in the whole-model scope, grouped-query (Llama-2-70B's) in the layer scopes; the static
-# cache test runs multi-head attention in the per-layer scope.
+# Grouped-query attention (Llama-2-70B's) in every scope; multi-head attention's greedy tokens are checked in
+# the static cache's per-layer test, two serving sequences (tests/test_serving.py) and 4.28.1's release run.
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "kv_heads, scope", [(4, "model"), (2, "model"), (2, "layers"), (2, "region")],
-    ids=["multi-head-model", "grouped-query-model", "grouped-query-layers", "grouped-query-region"],
+    "kv_heads, scope", [(2, "model"), (2, "layers"), (2, "region")],
+    ids=["grouped-query-model", "grouped-query-layers", "grouped-query-region"],
 )
 def test_greedy_tokens_match_unpatched_transformers_in_every_mode(
     pristine_site, graph_mode_site, tmp_path, kv_heads, scope
