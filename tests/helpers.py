@@ -43,11 +43,15 @@ def copy_transformers(source_site: Path, destination: Path) -> Path:
     return destination
 
 
+def console_script() -> Path:
+    """The installed llama-graph-patch command, next to this interpreter."""
+    return Path(sys.executable).with_name("llama-graph-patch")
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """The installed console script, as a container build would run it."""
-    executable = Path(sys.executable).with_name("llama-graph-patch")
     return subprocess.run(
-        [str(executable), *args],
+        [str(console_script()), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -9,14 +9,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy
 import pytest
 
-from helpers import python_path, run_cli
+from helpers import console_script, python_path, run_cli
 from patcher.bench import models, modes, stats
 from patcher.bench.report import console_table, markdown
 from patcher.cache import usage
@@ -137,7 +136,7 @@ def test_the_mode_timeout_spares_a_sequential_modes_measured_runs(graph_mode_sit
         **os.environ, **python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(embedded), "TMPDIR": str(tmp_path / "tmp"),
     }
     command = [
-        str(Path(sys.executable).with_name("llama-graph-patch")), "bench", *QUICK_EAGER, "--runs", "1000000",
+        str(console_script()), "bench", *QUICK_EAGER, "--runs", "1000000",
         "--mode-timeout", str(MODE_TIMEOUT_S),
     ]
     errors = tmp_path / "bench.stderr"  # a file, not a pipe: a full pipe would stall the progress bars and the runs
@@ -185,7 +184,7 @@ def test_the_report_is_written_after_each_mode(graph_mode_site, embedded, tiny_c
     environment = {
         **os.environ, **python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(embedded), "TMPDIR": str(tmp_path / "tmp"),
     }
-    executable = Path(sys.executable).with_name("llama-graph-patch")
+    executable = console_script()
     with subprocess.Popen([str(executable), *arguments], env=environment, start_new_session=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as bench_process:
         try:
@@ -310,7 +309,7 @@ def rank_process(rank: int, tmp: Path) -> int | None:
 def test_a_rank_that_dies_or_stops_mid_run_ends_the_bench_with_exit_8(graph_mode_site, embedded, tmp_path, stop, expected):
     environment = {**os.environ, **python_path(graph_mode_site), "LLAMA_GRAPH_PATCH_CACHE": str(embedded), "TMPDIR": str(tmp_path)}
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("llama-graph-patch")), "bench", "--nproc-per-node", "2", "--modes", "eager",
+        [str(console_script()), "bench", "--nproc-per-node", "2", "--modes", "eager",
          *TWO_RANKS, "--runs", "100000", "--collective-timeout", "5", "--output-json", str(tmp_path / "b.json")],
         env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -17,7 +17,10 @@ from pathlib import Path
 import filelock
 import pytest
 
-from helpers import COMPILE_CACHE_RUNTIME, GRAPH_MODE_RUNTIME, MODELING, STATIC_CACHE_RUNTIME, UTILS, copy_transformers, python_path, run_cli
+from helpers import (
+    COMPILE_CACHE_RUNTIME, GRAPH_MODE_RUNTIME, MODELING, STATIC_CACHE_RUNTIME, UTILS,
+    console_script, copy_transformers, python_path, run_cli,
+)
 from patcher import __version__, cli, transaction
 from patcher.catalog import resolve
 from patcher.transform import patch_file
@@ -48,7 +51,7 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(site):
     """`status | head -1`: the pipe's reader is gone before status writes; no 'unexpected error', exit 141."""
     read, write = os.pipe()
     os.close(read)
-    executable = Path(sys.executable).with_name("llama-graph-patch")
+    executable = console_script()
     try:
         result = subprocess.run(
             [str(executable), "status", "--site-packages", str(site)], stdout=write, stderr=subprocess.PIPE, text=True
@@ -453,7 +456,7 @@ def test_a_held_lock_times_out_with_exit_6(site):
 
 def test_concurrent_applies_give_the_bytes_of_one(site):
     expected = graph_mode_bytes((site / UTILS).read_bytes())
-    script = Path(sys.executable).with_name("llama-graph-patch")
+    script = console_script()
     runs = [
         subprocess.Popen([str(script), "apply", "--site-packages", str(site)], stdout=subprocess.PIPE, text=True)
         for _ in range(4)
