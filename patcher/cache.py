@@ -1,13 +1,13 @@
-"""The tool's one cache root and what is in it, as the patched transformers lays it out.
+"""The tool's cache folder and what is in it, as the patched transformers lays it out.
 
     $LLAMA_GRAPH_PATCH_CACHE (default ~/.cache/llama-graph-patch, under XDG_CACHE_HOME when set)
         embedded-tiny-llama-*/     the bench's embedded model
-        compile/                   compile artifacts the patched transformers keeps (docs/compile-time.md)
+        compile/                   the compile cache the patched transformers keeps (docs/compile-time.md)
             artifacts/KEY.bin      torch's caches for one model shape, mode, scope, ...
             precompiled/KEY.bin    code compiled ahead, per phase and batch-size class
 
-The patched transformers computes the same root itself and writes those files
-(patches/graph_mode/_llama_graph_patch_cache.py), since it may not import this tool.
+The patched transformers computes the same folder itself and writes those files
+(patches/graph_mode/_llama_graph_patch/compile_cache.py), since it may not import this tool.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 HEADER_PREFIX = "llama-graph-patch "
 
 
-def cache_root() -> Path:
+def cache_folder() -> Path:
     root = os.environ.get("LLAMA_GRAPH_PATCH_CACHE")
     if root:
         return Path(root)
@@ -30,7 +30,7 @@ def cache_root() -> Path:
 
 
 def compile_folder(root: Path | None = None) -> Path:
-    return (root or cache_root()) / "compile"
+    return (root or cache_folder()) / "compile"
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,6 @@ class Usage:
 
     def __sub__(self, other: Usage) -> Usage:
         return Usage(self.files - other.files, self.bytes - other.bytes)
-
-    def __str__(self) -> str:
-        return f"{self.files} files, {self.mb:.1f} MB"
 
 
 def usage(folder: Path) -> Usage:

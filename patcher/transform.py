@@ -20,17 +20,10 @@ Methods = dict[str, tuple[str, ...]]  # decoding methods by kind of edit, as in 
 
 def patch_file(
     relative: str, original: bytes, patches: list[Patch], version: str, shown_as: str | None = None
-) -> bytes:
-    """Apply every edit the patches make to file `relative` (a path inside site-packages) of transformers
-    `version`, which says where the decoding methods are. `shown_as` names the file in error messages (its
-    full path); nothing of it enters the output."""
-    return patch_file_and_methods(relative, original, patches, version, shown_as)[0]
-
-
-def patch_file_and_methods(
-    relative: str, original: bytes, patches: list[Patch], version: str, shown_as: str | None = None
 ) -> tuple[bytes, dict[str, Methods]]:
-    """patch_file, and the decoding methods each patch edited.
+    """Apply every edit the patches make to file `relative` (a path inside site-packages) of transformers
+    `version`, which says where the decoding methods are: the patched bytes, and the decoding methods each
+    patch edited. `shown_as` names the file in error messages (its full path); nothing of it enters the output.
 
     A release outside the patch's verified ranges is tried against each known layout of the methods, the
     newest first; the first layout whose every place is found exactly once wins, else the newest layout's
@@ -86,7 +79,7 @@ def patch_files(
                 )
             contents[relative] = snippet_bytes(sources[relative])
         elif relative in edited:
-            contents[relative], chosen = patch_file_and_methods(relative, source, patches, version, shown_as)
+            contents[relative], chosen = patch_file(relative, source, patches, version, shown_as)
             for name, layout in chosen.items():
                 methods[name] = {**methods.get(name, {}), **layout}
         else:

@@ -20,8 +20,8 @@ class AddMethodsCommand(PlacedCommand):
     Snippet::
 
         class LlamaForCausalLM:
-            def llama_graph_patch_static_cache(self, batch_size, max_length, device):
-                return llama_graph_patch_allocate_static_cache(self, batch_size, max_length, device)
+            def llama_graph_patch_kv_cache(self, batch_size, max_length, device):
+                return _llama_graph_patch_kv_cache.make(self, batch_size, max_length, device)
 
     After::
 
@@ -29,13 +29,11 @@ class AddMethodsCommand(PlacedCommand):
             def get_decoder(self):
                 return self.model
 
-            def llama_graph_patch_static_cache(self, batch_size, max_length, device):
-                return llama_graph_patch_allocate_static_cache(self, batch_size, max_length, device)
+            def llama_graph_patch_kv_cache(self, batch_size, max_length, device):
+                return _llama_graph_patch_kv_cache.make(self, batch_size, max_length, device)
 
     Refuses when the class already has a member of that name.
     """
-
-    DESCRIPTION = "Add new methods to existing classes."
 
     def __init__(self, context: CodemodContext, snippet: cst.Module) -> None:
         super().__init__(context)

@@ -34,8 +34,6 @@ class InsertAtMethodStartCommand(GenerationMethodsCommand):
     Each method must exist once in GenerationMixin.
     """
 
-    DESCRIPTION = "Insert statements at the start of decoding methods."
-
     def __init__(self, context: CodemodContext, snippet: cst.Module, methods: Sequence[str]) -> None:
         super().__init__(context, methods)
         self.statements = function_body(snippet, "at_start")

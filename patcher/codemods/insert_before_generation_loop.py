@@ -36,8 +36,6 @@ class InsertBeforeGenerationLoopCommand(GenerationLoopCommand):
     Each method must exist once in GenerationMixin, with exactly one top-level generation loop.
     """
 
-    DESCRIPTION = "Insert statements before the generation loop of decoding methods."
-
     def __init__(self, context: CodemodContext, snippet: cst.Module, methods: Sequence[str]) -> None:
         super().__init__(context, methods)
         self.statements = function_body(snippet, "before_loop")

@@ -43,8 +43,6 @@ class InsertImportsCommand(VisitorBasedCodemodCommand):
     snippet imports: the patch is already there, or the import would shadow the module's own name.
     """
 
-    DESCRIPTION = "Add import statements after a module's own imports."
-
     def __init__(self, context: CodemodContext, snippet: cst.Module) -> None:
         super().__init__(context)
         self.statements = [statement.with_changes(leading_lines=()) for statement in without_docstring(snippet.body)]

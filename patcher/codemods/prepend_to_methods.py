@@ -44,8 +44,6 @@ class PrependToMethodsCommand(PlacedCommand):
     refused, since the copied statements use those names.
     """
 
-    DESCRIPTION = "Insert statements at the top of existing methods."
-
     def __init__(self, context: CodemodContext, snippet: cst.Module) -> None:
         super().__init__(context)
         self.methods = {

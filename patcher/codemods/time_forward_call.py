@@ -48,14 +48,11 @@ class TimeForwardCallCommand(GenerationLoopCommand):
                 if _llama_graph_patch_timer is not None:
                     _llama_graph_patch_timer.stop(model_inputs)
                 ...
-            if _llama_graph_patch_timer is not None:
-                _llama_graph_patch_timer.write()
+            _llama_graph_patch.finish(self, _llama_graph_patch_timer)
             if streamer is not None:
 
     The call, or one if/else holding it, must appear exactly once at the top level of the loop body.
     """
-
-    DESCRIPTION = "Time the forward call of each step of decoding methods."
 
     def __init__(self, context: CodemodContext, snippet: cst.Module, methods: Sequence[str]) -> None:
         super().__init__(context, methods)
