@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from importlib import resources
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -19,8 +20,18 @@ class Edit:
 
 @dataclass(frozen=True)
 class Addition:
-    file: str  # path inside site-packages of a module the patch adds, e.g. transformers/generation/_llama_graph_patch.py
+    file: str  # path inside site-packages of a module the patch adds, e.g. transformers/generation/_llama_graph_patch/state.py
     source: str  # the file inside patches/ copied there byte for byte
+    package: str = ""  # the package folder it belongs to, where the patch adds a whole package
+
+
+def additions(file: str, source: str) -> list[Addition]:
+    """What one entry of a patch's "adds" copies: a module, or each .py file of a package folder."""
+    folder = resources.files("patches").joinpath(source)
+    if not folder.is_dir():
+        return [Addition(file, source)]
+    names = sorted(item.name for item in folder.iterdir() if item.name.endswith(".py"))
+    return [Addition(f"{file}/{name}", f"{source}/{name}", file) for name in names]
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,7 @@ def load_catalog() -> dict[str, Patch]:
             releases=tuple(entry["releases"]),
             requires=tuple(entry["requires"]),
             methods=tuple((SpecifierSet(specifier), dict(layout)) for specifier, layout in entry["methods"]),
-            adds=tuple(Addition(*addition) for addition in entry["adds"]),
+            adds=tuple(addition for file, source in entry["adds"] for addition in additions(file, source)),
             edits=tuple(Edit(*edit) for edit in entry["edits"]),
         )
         for entry in entries
@@ -94,3 +105,19 @@ def files_of(patches: list[Patch]) -> list[str]:
 def added_files(patches: list[Patch]) -> list[str]:
     """The modules a set of patches adds, which transformers itself does not have."""
     return [addition.file for patch in patches for addition in patch.adds]
+
+
+def labels(names) -> dict[str, str]:
+    """How a message names each file: a file of a package a patch adds by that package's folder."""
+    packages = {addition.file: addition.package for patch in load_catalog().values() for addition in patch.adds}
+    return {name: packages[name] + "/" if packages.get(name) else name for name in names}
+
+
+def shown(names) -> list[str]:
+    """`names` for a message, a package the patches add named once, by its folder."""
+    return list(dict.fromkeys(labels(names).values()))
+
+
+def retired_files() -> list[str]:
+    """The modules earlier releases of this tool added and this one does not."""
+    return list(importlib.import_module("patches").RETIRED)

@@ -11,9 +11,12 @@ import traceback
 
 from patcher import __version__, installer
 from patcher.cache import describe
-from patcher.catalog import patch_names
+from patcher.catalog import labels, patch_names
 from patcher.errors import INTERRUPTED, READER_GONE, PatcherError, exit_codes
 from patcher.locate import find_target
+
+# Set to anything: an unexpected error prints its traceback (the one switch the tool reads, not the runtime).
+DEBUG = "LLAMA_GRAPH_PATCH_DEBUG"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -123,8 +126,10 @@ def run_status(args: argparse.Namespace) -> int:
     applied = f" ({'+'.join(status.patches)})" if status.patches else ""
     print(f"state: {status.state}{applied}")
     print(f"file: {report['file']}")
-    for entry in status.files:
-        print(f"  {entry['file']}: {entry['state']} {'+'.join(entry['patches'])}".rstrip())
+    for name, entries in file_groups(status.files):
+        entry = entries[0]
+        count = f" ({len(entries)} files)" if len(entries) > 1 else ""
+        print(f"  {name}{count}: {entry['state']} {'+'.join(entry['patches'])}".rstrip())
     for patch, methods in report["methods"].items():
         print(f"{patch}: " + "; ".join(f"{kind}: {', '.join(names)}" for kind, names in methods.items()))
     versions = ", ".join(
@@ -141,11 +146,26 @@ def run_status(args: argparse.Namespace) -> int:
     if status.detail:
         print(f"detail: {status.detail}")
     cache = report["cache"]
-    print(f"cache: {cache['root']} (compile artifacts in {cache['compile']}: {cache['compile_files']} files, "
+    print(f"cache folder: {cache['root']} (compile cache in {cache['compile']}: {cache['compile_files']} files, "
           f"{cache['compile_mb']:.1f} MB)")
     for artifact in cache["artifacts"]:
         print(f"  {describe(artifact)}")
     return 0
+
+
+def file_groups(files: list[dict]) -> list[tuple[str, list[dict]]]:
+    """status's files for a reader: a package the patches add as one line where its files agree."""
+    groups: dict[str, list[dict]] = {}
+    label = labels([entry["file"] for entry in files])
+    for entry in files:
+        groups.setdefault(label[entry["file"]], []).append(entry)
+    lines = []
+    for name, entries in groups.items():
+        if len({(entry["state"], tuple(entry["patches"])) for entry in entries}) == 1:
+            lines.append((name, entries))
+        else:
+            lines += [(entry["file"], [entry]) for entry in entries]
+    return lines
 
 
 def run_diff(args: argparse.Namespace) -> int:
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the exit's own flush fails again
         return READER_GONE[0]
     except Exception as error:  # the contract: one line and exit 1, never a raw traceback
-        if os.environ.get("LLAMA_GRAPH_PATCH_DEBUG"):
+        if os.environ.get(DEBUG):
             traceback.print_exc()
         print(f"llama-graph-patch: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

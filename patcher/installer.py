@@ -9,8 +9,8 @@ import difflib
 from dataclasses import dataclass, field
 
 from patcher import __version__
-from patcher.cache import artifacts, cache_root, compile_folder, usage
-from patcher.catalog import Patch, added_files, files_of, load_catalog, resolve
+from patcher.cache import artifacts, cache_folder, compile_folder, usage
+from patcher.catalog import Patch, added_files, files_of, labels, load_catalog, resolve, retired_files, shown
 from patcher.errors import ModifiedSinceApply, UnexpectedCode
 from patcher.locate import Target
 from patcher.policy import check_supported, unsupported_reason, untested, untested_warning
@@ -88,8 +88,8 @@ class Change:
 
 
 def cache_report() -> dict:
-    """The tool's cache root and how much the compile artifacts in it take (docs/compile-time.md)."""
-    root = cache_root()
+    """The tool's cache folder and how much its compile cache takes (docs/compile-time.md)."""
+    root = cache_folder()
     compiled = usage(compile_folder(root))
     return {
         "root": str(root),
@@ -125,7 +125,7 @@ def inspect(target: Target, state: State | None = None, compare: bool = False) -
         )
     catalog = list(load_catalog().values())
     stray = [
-        name for name in added_files(catalog)
+        name for name in [*added_files(catalog), *retired_files()]
         if state.current(name) is not None and not (record and name in record.files)
     ]
     if record is None:
@@ -171,7 +171,7 @@ def inspect(target: Target, state: State | None = None, compare: bool = False) -
         patches = [patch.name for patch in resolve(record.patches) if name in files_of([patch])]
         files.append({"file": name, "state": file_state, "patches": patches})
     if problems or stray:
-        modules = [str(target.path(name)) for name in added_and_present(state, record)]
+        modules = [located(target, name) for name in shown(added_and_present(state, record))]
         detail = (
             f"{'; '.join(problems)} since llama-graph-patch applied {'+'.join(record.patches)} to transformers "
             f"{record.transformers_version}. Nothing was touched. `llama-graph-patch revert --force` puts the "
@@ -187,6 +187,11 @@ def inspect(target: Target, state: State | None = None, compare: bool = False) -
     return status
 
 
+def kept_originals(state: State, record: Record) -> dict[str, bytes | None]:
+    """The original bytes of every recorded file (None: absent before apply), in the catalogue's order."""
+    return {name: state.original(name, record) for name in in_catalog_order(record.files)}
+
+
 def added_and_present(state: State, record: Record) -> list[str]:
     """The recorded modules the patches added that are still there: what a reinstall of transformers
     leaves behind, and what revert deletes."""
@@ -196,9 +201,14 @@ def added_and_present(state: State, record: Record) -> list[str]:
     ]
 
 
+def located(target: Target, name: str) -> str:
+    """A file, or a package folder (ending in /) as `shown` names it, inside the target's site-packages."""
+    return str(target.path(name)) + ("/" if name.endswith("/") else "")
+
+
 def stray_detail(target: Target, state: State, stray: list[str]) -> str:
     return (
-        f"{', '.join(str(target.path(name)) for name in stray)}: a llama-graph-patch runtime module that no record in "
+        f"{', '.join(located(target, name) for name in shown(stray))}: llama-graph-patch runtime code that no record in "
         f"{state.root} accounts for (reinstalling transformers leaves it behind). `llama-graph-patch revert --force` "
         "deletes it"
     )
@@ -254,7 +264,7 @@ def plan_apply(target: Target, state: State, patches: list[Patch], tested: bool)
     record = state.record()
     wanted = [patch.name for patch in patches]
     # From the pristine files: the kept originals of what is patched now, the files as they are for the rest.
-    originals = {name: state.original(name, record) for name in in_catalog_order(record.files)} if record else {}
+    originals = kept_originals(state, record) if record else {}
     for name in files_of(patches):
         if name not in originals:
             originals[name] = state.current(name)
@@ -277,6 +287,9 @@ def plan_apply(target: Target, state: State, patches: list[Patch], tested: bool)
     else:
         verb = "patched"
     sizes = changes(originals, contents)
+    gone = [name for name, data in contents.items() if data is None and state.current(name) is not None]
+    if gone:  # modules an earlier release of the tool added
+        sizes += f", {', '.join(shown(gone))} deleted"
     keep = {
         name: data for name, data in originals.items() if data is not None and not (record and name in record.files)
     }
@@ -295,23 +308,23 @@ def plan_revert(target: Target, state: State, force: bool) -> Change:
         if not deleted:
             message = f"not patched, nothing to revert: transformers in {target.site_packages}"
             return Change(message, message)
-        names = ", ".join(deleted)
+        names = ", ".join(shown(deleted))
         return Change(f"deleted {names} in {target.site_packages}", f"would delete {names} in {target.site_packages}",
                       deleted)
     if record.transformers_version != target.transformers_version:
         # The files now belong to another transformers release; our originals would break it. The modules
         # the patches added are ours alone: those go.
         deleted.update({name: None for name in added_and_present(state, record)})
-        also = f"; deleted {', '.join(deleted)}" if deleted else ""
+        also = f"; deleted {', '.join(shown(deleted))}" if deleted else ""
         reason = (
             f"the record of {'+'.join(record.patches)}: transformers is now {target.transformers_version}, the kept "
             f"originals were of {record.transformers_version}; its files were left as they are"
         )
         return Change(f"dropped {reason}{also}", f"would drop {reason}{also.replace('deleted', 'would delete')}", deleted)
-    originals = {name: state.original(name, record) for name in in_catalog_order(record.files)}
+    originals = kept_originals(state, record)
     restored = ", ".join(name for name, data in originals.items() if data is not None)
     removed = [name for name, data in originals.items() if data is None] + list(deleted)
-    also = f"; {', '.join(removed)} deleted" if removed else ""
+    also = f"; {', '.join(shown(removed))} deleted" if removed else ""
     where = f"{restored} restored byte for byte{also}, in {target.site_packages}"
     patches = "+".join(record.patches)
     return Change(f"reverted {patches}: {where}", f"would revert {patches}: {where}", {**originals, **deleted})
@@ -326,7 +339,7 @@ def diff(target: Target, names: list[str], allow_untested: bool = False) -> str:
         raise ModifiedSinceApply(status.detail)
     record = state.record()
     if record:
-        before = {name: state.original(name, record) for name in in_catalog_order(record.files)}
+        before = kept_originals(state, record)
         after = {name: state.current(name) for name in before}
     else:
         patches = resolve(names)
@@ -374,17 +387,16 @@ def describe(target: Target, patches: list[str]) -> str:
 
 
 def changes(before: dict[str, bytes | None], after: dict[str, bytes | None]) -> str:
-    """'utils.py +54 -0, _llama_graph_patch.py +520 -0 (new)': lines added and removed per file."""
-    parts = []
-    for name in before:
-        added = removed = 0
+    """'transformers/generation/utils.py +54 -0, transformers/generation/_llama_graph_patch/ +1400 -0 (new)':
+    lines added and removed per file, a package the patches add counted as one."""
+    counts: dict[str, list] = {}
+    label = labels(before)
+    for name in (name for name in before if before[name] is not None or after[name] is not None):
         old, new = [line.rstrip("\n") for line in lines(before[name])], [line.rstrip("\n") for line in lines(after[name])]
-        for line in difflib.unified_diff(old, new, n=0, lineterm=""):
-            if line.startswith("+") and not line.startswith("+++"):
-                added += 1
-            elif line.startswith("-") and not line.startswith("---"):
-                removed += 1
+        diff_lines = list(difflib.unified_diff(old, new, n=0, lineterm=""))
         note = " (new)" if before[name] is None and after[name] is not None else ""
         note = " (deleted)" if after[name] is None and before[name] is not None else note
-        parts.append(f"{name} +{added} -{removed}{note}")
-    return ", ".join(parts)
+        entry = counts.setdefault(label[name], [0, 0, note])
+        entry[0] += sum(1 for line in diff_lines if line.startswith("+") and not line.startswith("+++"))
+        entry[1] += sum(1 for line in diff_lines if line.startswith("-") and not line.startswith("---"))
+    return ", ".join(f"{name} +{added} -{removed}{note}" for name, (added, removed, note) in counts.items())

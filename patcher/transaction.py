@@ -12,9 +12,11 @@ Everything the tool records lives beside the patched files, never inside them:
 
 A change is committed in this order: the originals are kept; each new file is written to a temporary
 file in its target's folder (fsynced, mode copied); a journal naming those files and the files to
-delete is written atomically; the files that did not exist are moved into place first, then the others
-are replaced with os.replace, then the files to delete go, each time with its stale bytecode; then the
-record. So an import that a patched file adds never points at a missing module. A crash before the
+delete is written atomically; the files that did not exist are moved into place first (a package's
+__init__.py after its other modules), then the others are replaced with os.replace, then the files to delete
+go, each time with its stale bytecode, and the folders that held only them; then the record. So an import
+that a patched file adds never points at a missing module, and a package the patches add is whole before
+it can be imported. A crash before the
 journal leaves every target untouched (the next command sweeps the temporary files); a crash after it
 is rolled forward by the next command. Each file is at all times either its old bytes or its new bytes
 (or absent, where it was or will be), and a permission error strikes before the journal, so it changes
@@ -27,7 +29,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +37,10 @@ from typing import Iterator
 import filelock
 
 from patcher.errors import FileSystemError, ModifiedSinceApply
+from patcher.files import TEMP_SUFFIX, atomic_write, fsync_directory, write_temporary
 
 STATE_DIR = ".llama-graph-patch"
 LOCK_FILE = ".llama-graph-patch.lock"
-TEMP_SUFFIX = ".llama-graph-patch.tmp"
 
 
 def sha256(data: bytes) -> str:
@@ -148,6 +149,7 @@ class State:
             for folder in {(self.site / relative).parent for relative in files}:
                 for leftover in folder.glob(f".*{TEMP_SUFFIX}"):
                     leftover.unlink()
+                self._prune(folder)  # a package folder made for files that never moved in
             return interrupted
 
     def commit(self, contents: dict[str, bytes | None], record: Record | None, keep: dict[str, bytes]) -> None:
@@ -164,7 +166,7 @@ class State:
             creations, replacements, removals = [], [], []
             try:
                 for relative, data in keep.items():
-                    _atomic_write(self.root / "originals" / relative, data)
+                    atomic_write(self.root / "originals" / relative, data)
                 for relative, data in contents.items():
                     target = self.site / relative
                     current = self.current(relative)
@@ -172,24 +174,26 @@ class State:
                         if current is not None:
                             removals.append(relative)
                     elif current is None:
-                        temporary = _write_temporary(target, data, mode=_new_file_mode(target))
+                        temporary = write_temporary(target, data, mode=_new_file_mode(target))
                         creations.append({"file": relative, "temporary": temporary.name})
                     elif current != data:
-                        temporary = _write_temporary(target, data, mode=target.stat().st_mode & 0o7777)
+                        temporary = write_temporary(target, data, mode=target.stat().st_mode & 0o7777)
                         replacements.append({"file": relative, "temporary": temporary.name})
             except BaseException:  # before the journal: undo everything, the targets were never touched
                 for entry in creations + replacements:
                     (self.site / entry["file"]).parent.joinpath(entry["temporary"]).unlink()
+                    self._prune((self.site / entry["file"]).parent)
                 if first_apply:
                     shutil.rmtree(self.root, ignore_errors=True)
                 raise
+            creations.sort(key=lambda entry: Path(entry["file"]).name == "__init__.py")  # a package whole first
             journal = {
                 "replace": creations + replacements,
                 "remove": removals,
                 "expect": {relative: digest(data) for relative, data in contents.items()},
                 "record": json.loads(record.to_json()) if record else None,
             }
-            _atomic_write(self.root / "journal.json", json.dumps(journal, indent=2).encode())
+            atomic_write(self.root / "journal.json", json.dumps(journal, indent=2).encode())
             self._roll_forward(journal)
 
     def recovery_preview(self, files: list[str]) -> tuple[State, list[str]]:
@@ -222,20 +226,34 @@ class State:
             steps.append(f"would delete {len(leftovers)} temporary files an interrupted run left ({leftovers[0]}, ...)")
         return _Recovered(self.site, journal), steps
 
+    def _prune(self, folder: Path) -> None:
+        """Remove `folder` and the folders above it while they hold nothing (or only an empty __pycache__):
+        a package the patches added, once its files are gone. A folder with anything else in it stays."""
+        while folder != self.site and self.site in folder.parents and folder.is_dir():
+            cache = folder / "__pycache__"
+            if any(entry != cache for entry in folder.iterdir()) or (cache.is_dir() and any(cache.iterdir())):
+                return
+            if cache.is_dir():
+                cache.rmdir()
+            folder.rmdir()
+            fsync_directory(folder.parent)
+            folder = folder.parent
+
     def _roll_forward(self, journal: dict) -> None:
         for entry in journal["replace"]:
             target = self.site / entry["file"]
             temporary = target.parent / entry["temporary"]
             if temporary.exists():
                 os.replace(temporary, target)
-                _fsync_directory(target.parent)
+                fsync_directory(target.parent)
                 _remove_bytecode(target)
         for relative in journal.get("remove", []):
             target = self.site / relative
             if target.exists():
                 target.unlink()
-                _fsync_directory(target.parent)
+                fsync_directory(target.parent)
             _remove_bytecode(target)
+            self._prune(target.parent)
         for relative, expected in journal["expect"].items():
             if digest(self.current(relative)) != expected:
                 raise FileSystemError(
@@ -246,7 +264,7 @@ class State:
             shutil.rmtree(self.root)  # a verified revert: the originals are back
             return
         record = Record.from_json(json.dumps(journal["record"]))
-        _atomic_write(self.root / "record.json", record.to_json().encode())
+        atomic_write(self.root / "record.json", record.to_json().encode())
         for kept in list((self.root / "originals").rglob("*.py")):
             if kept.relative_to(self.root / "originals").as_posix() not in record.files:
                 kept.unlink()
@@ -285,46 +303,13 @@ class _Recovered(State):
     locked = recover = commit = _read_only
 
 
-def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
-    """Write `data` to a new temporary file beside `path`, durable before it is renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(handle, "wb") as sink:
-            sink.write(data)
-            sink.flush()
-            os.chmod(temporary, mode)
-            os.fsync(sink.fileno())
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return Path(temporary)
-
-
 def _new_file_mode(path: Path) -> int:
-    """The mode of a file the patches add: that of its package's __init__.py, as the installer left it."""
-    package = path.parent / "__init__.py"
-    return package.stat().st_mode & 0o7777 if package.exists() else 0o644
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so that a reader, or a crash, sees the old bytes or the new."""
-    temporary = _write_temporary(path, data, mode)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink()
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make the rename itself durable."""
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    """The mode of a file the patches add: that of the nearest package's __init__.py, as the installer left it
+    (the package's own where it adds a module to one; the package it is made in where it adds a package)."""
+    for folder in path.parents:
+        if (folder / "__init__.py").exists():
+            return (folder / "__init__.py").stat().st_mode & 0o7777
+    return 0o644
 
 
 def _remove_bytecode(source: Path) -> None:

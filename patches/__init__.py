@@ -1,17 +1,20 @@
 """The patches llama-graph-patch applies, as data.
 
 Each patch names the transformers releases it is verified on, where those releases keep the decoding
-methods it edits, the runtime modules it adds and its edits. An addition is (file inside site-packages,
-module file in this folder), copied byte for byte. An edit is (file inside site-packages, codemod, snippet
+methods it edits, the runtime it adds and its edits. An addition is (file or package folder inside
+site-packages, module file or package folder in this folder), copied byte for byte (a package: each of its
+.py files). An edit is (file inside site-packages, codemod, snippet
 file in this folder[, which decoding methods it edits: a key of the patch's "methods"]). Snippet files are
 real Python that the codemods parse with libcst and copy from. Nothing here is imported into
 transformers, and nothing copied imports this tool, so a patched transformers keeps working after the
 tool is uninstalled.
 
-The edits are hook lines and one import of the patch's runtime module; the code they call lives in that
-module. Edits to one file run in the order listed. Written files are committed in an order that keeps
-every import working (added modules first, removed ones last), and the static-cache code in
-generation/utils.py only switches on when modeling_llama.py offers `llama_graph_patch_static_cache`.
+The edits are hook lines and one import of the patch's runtime; the code they call lives there. Edits to
+one file run in the order listed: the static-cache patch's lines before a generation loop come after the
+graph-mode patch's, which hand them the runner. Written files are committed in an order that keeps every
+import working (added modules first, a package's __init__.py last among them, removed ones last), and the
+static KV cache in generation/utils.py only switches on when modeling_llama.py's LlamaForCausalLM offers
+`llama_graph_patch_kv_cache`.
 """
 
 # Every transformers release the graph-mode patch is verified on, one by one (tests/test_releases.py):
@@ -63,9 +66,15 @@ STATIC_CACHE_METHODS = (
 
 UTILS = "transformers/generation/utils.py"
 MODELING = "transformers/models/llama/modeling_llama.py"
-GRAPH_MODE_RUNTIME = "transformers/generation/_llama_graph_patch.py"
-COMPILE_CACHE_RUNTIME = "transformers/generation/_llama_graph_patch_cache.py"
-STATIC_CACHE_RUNTIME = "transformers/models/llama/_llama_graph_patch_static_cache.py"
+GRAPH_MODE_RUNTIME = "transformers/generation/_llama_graph_patch"
+KV_CACHE_RUNTIME = "transformers/models/llama/_llama_graph_patch_kv_cache.py"
+# The modules earlier releases of the tool added (0.2.0: the runtime as two modules, the static KV cache
+# under another name): an update from such a release deletes them, and status finds them left behind.
+RETIRED = (
+    "transformers/generation/_llama_graph_patch.py",
+    "transformers/generation/_llama_graph_patch_cache.py",
+    "transformers/models/llama/_llama_graph_patch_static_cache.py",
+)
 
 PATCHES = (
     {
@@ -74,10 +83,7 @@ PATCHES = (
         "releases": GRAPH_MODE_RELEASES,
         "requires": (),
         "methods": DECODING_METHODS,
-        "adds": (
-            (GRAPH_MODE_RUNTIME, "graph_mode/_llama_graph_patch.py"),
-            (COMPILE_CACHE_RUNTIME, "graph_mode/_llama_graph_patch_cache.py"),
-        ),
+        "adds": ((GRAPH_MODE_RUNTIME, "graph_mode/_llama_graph_patch"),),
         "edits": (
             (UTILS, "insert-imports", "graph_mode/imports.py"),
             (UTILS, "insert-before-generation-loop", "graph_mode/generation_loop.py", "compiled"),
@@ -91,13 +97,13 @@ PATCHES = (
         "releases": ("4.31.0",),
         "requires": ("graph-mode",),
         "methods": STATIC_CACHE_METHODS,
-        "adds": ((STATIC_CACHE_RUNTIME, "static_cache/_llama_graph_patch_static_cache.py"),),
+        "adds": ((KV_CACHE_RUNTIME, "static_cache/_llama_graph_patch_kv_cache.py"),),
         "edits": (
             (MODELING, "insert-imports", "static_cache/imports.py"),
             (MODELING, "prepend-to-methods", "static_cache/modeling_llama.py"),
             (MODELING, "add-methods", "static_cache/modeling_llama.py"),
             (UTILS, "insert-before-generation-loop", "static_cache/generation_loop.py", "static"),
-            (UTILS, "insert-at-method-start", "static_cache/beam_methods.py", "growing"),
+            (UTILS, "insert-before-generation-loop", "static_cache/beam_methods.py", "growing"),
         ),
     },
 )

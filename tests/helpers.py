@@ -15,11 +15,14 @@ from pathlib import Path
 
 
 HERE = Path(__file__).parent
+REPOSITORY = HERE.parent
 UTILS = "transformers/generation/utils.py"
 MODELING = "transformers/models/llama/modeling_llama.py"
-GRAPH_MODE_RUNTIME = "transformers/generation/_llama_graph_patch.py"
-COMPILE_CACHE_RUNTIME = "transformers/generation/_llama_graph_patch_cache.py"
-STATIC_CACHE_RUNTIME = "transformers/models/llama/_llama_graph_patch_static_cache.py"
+GRAPH_MODE_RUNTIME = "transformers/generation/_llama_graph_patch"  # a package
+KV_CACHE_RUNTIME = "transformers/models/llama/_llama_graph_patch_kv_cache.py"
+RUNTIME_SOURCE = REPOSITORY / "patches" / "graph_mode" / "_llama_graph_patch"
+# The runtime package's files inside site-packages, as apply writes them from RUNTIME_SOURCE.
+RUNTIME_FILES = [f"{GRAPH_MODE_RUNTIME}/{path.name}" for path in sorted(RUNTIME_SOURCE.glob("*.py"))]
 # Stand-ins for the Ascend packages, and modules that make importing this tool fail.
 NPU_STANDINS = HERE / "npu_standins"
 POISON = HERE / "poison"

@@ -14,7 +14,9 @@ import torch
 
 from helpers import generate, graphs_after_each_call, tokens
 from patches.graph_mode import _llama_graph_patch as runtime
-from patches.graph_mode import _llama_graph_patch_cache as compile_cache
+from patches.graph_mode._llama_graph_patch import compile_cache
+from patches.graph_mode._llama_graph_patch.settings import read_settings
+from patches.graph_mode._llama_graph_patch.state import describe
 
 COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
 # The tests that start from the `filled` cache run in one xdist worker, which fills it once.
@@ -35,7 +37,7 @@ def reference(pristine_site) -> list:
 
 @pytest.fixture(scope="module")
 def filled(graph_mode_site, tmp_path_factory) -> tuple[Path, dict, str]:
-    """A cache root after one process compiled into it, with that process's result and log."""
+    """A cache folder after one process compiled into it, with that process's result and log."""
     root = tmp_path_factory.mktemp("filled")
     run, log = generate_with_cache(graph_mode_site, root)
     return root, run, log
@@ -79,8 +81,8 @@ def test_the_region_scope_keeps_artifacts_and_precompiled_code_of_its_own(graph_
 
 CONCURRENT_SAVES = """
 import os, sys, torch
-from transformers.generation import _llama_graph_patch_cache as compile_cache
-cache = {"path": sys.argv[1], "key": {"test": 1}, "state": "cold"}
+from transformers.generation._llama_graph_patch import compile_cache
+cache = compile_cache.CompileCacheFile(sys.argv[1], {"test": 1}, sys.argv[3])
 for round in range(int(sys.argv[2])):
     payload = os.urandom(int.from_bytes(os.urandom(2), "big") * 16)  # up to 1 MB, a new length each time
     torch.compiler.save_cache_artifacts = lambda: (payload, None)
@@ -89,11 +91,12 @@ for round in range(int(sys.argv[2])):
 
 CONCURRENT_READS = """
 import sys, time
-from transformers.generation import _llama_graph_patch_cache as compile_cache
-path, deadline, reads = sys.argv[1], time.time() + float(sys.argv[2]), 0
+from transformers.generation._llama_graph_patch import compile_cache
+cache = compile_cache.CompileCacheFile(sys.argv[1], {"test": 1}, sys.argv[3])
+deadline, reads = time.time() + float(sys.argv[2]), 0
 while time.time() < deadline:
     try:
-        compile_cache.read_artifacts(path, {"test": 1})  # raises on half a file
+        compile_cache.read_artifacts(cache)  # raises on half a file
         reads += 1
     except FileNotFoundError:
         pass
@@ -110,8 +113,8 @@ def test_processes_sharing_the_folder_never_see_half_a_file(graph_mode_site, tmp
     artifact = tmp_path / "compile" / "artifacts" / "shared.bin"
     env = {**os.environ, **python_path(POISON, graph_mode_site)}
     command = [sys.executable, "-c"]
-    writers = [subprocess.Popen([*command, CONCURRENT_SAVES, str(artifact), "6"], env=env) for _ in range(4)]
-    reader = subprocess.Popen([*command, CONCURRENT_READS, str(artifact), "20"], env=env, stdout=subprocess.PIPE,
+    writers = [subprocess.Popen([*command, CONCURRENT_SAVES, str(artifact), "6", str(tmp_path)], env=env) for _ in range(4)]
+    reader = subprocess.Popen([*command, CONCURRENT_READS, str(artifact), "20", str(tmp_path)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     assert [writer.wait(timeout=600) for writer in writers] == [0, 0, 0, 0]
     out, err = reader.communicate(timeout=600)
@@ -124,7 +127,8 @@ def open_cache_of_a_tiny_llama() -> dict | None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    return compile_cache.open_compile_cache(LlamaForCausalLM(config), torch.device("cpu"), {"scope": "model"})
+    model = LlamaForCausalLM(config)
+    return compile_cache.open_compile_cache(read_settings().cache_folder, model, torch.device("cpu"), {"scope": "model"})
 
 
 @pytest.mark.parametrize(
@@ -135,7 +139,7 @@ def open_cache_of_a_tiny_llama() -> dict | None:
         ("/srv/inductor", "/srv/inductor"),  # the user's choice: kept
     ],
 )
-def test_inductor_caches_go_under_the_cache_root_unless_the_user_chose(monkeypatch, tmp_path, given, expected):
+def test_inductor_caches_go_into_the_compile_cache_unless_the_user_chose(monkeypatch, tmp_path, given, expected):
     import tempfile
 
     root = tmp_path / "root"
@@ -145,7 +149,7 @@ def test_inductor_caches_go_under_the_cache_root_unless_the_user_chose(monkeypat
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", given.format(tmp=tempfile.gettempdir()))
     cache = open_cache_of_a_tiny_llama()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == expected.format(root=root)
-    assert cache["path"].startswith(f"{root}/compile/artifacts/") and cache["path"].endswith(".bin")
+    assert cache.path.startswith(f"{root}/compile/artifacts/") and cache.path.endswith(".bin")
 
 
 def test_the_compile_cache_can_be_switched_off(monkeypatch, tmp_path):
@@ -157,13 +161,13 @@ def test_the_compile_cache_can_be_switched_off(monkeypatch, tmp_path):
     config = LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     model = LlamaForCausalLM(config)
     runtime.compile_for_generation(model, torch.zeros(1, 3, dtype=torch.long))  # compiles lazily: nothing runs
-    assert model.__dict__["_llama_graph_patch"]["cache"] is None and not (tmp_path / "root").exists()
+    assert describe(model)["compile_cache"] is None and not (tmp_path / "root").exists()
 
 
 def test_a_cache_folder_that_cannot_be_written_is_a_warning(monkeypatch, caplog, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"artifacts", None))
-    compile_cache.save_compile_cache({"path": str(blocker / "artifacts" / "x.bin"), "key": {}, "state": "cold"})
+    compile_cache.save_compile_cache(compile_cache.CompileCacheFile(str(blocker / "artifacts" / "x.bin"), {}, str(tmp_path)))
     (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert "could not save compile artifacts" in warning and str(blocker) in warning

@@ -18,14 +18,14 @@ import filelock
 import pytest
 
 from helpers import (
-    COMPILE_CACHE_RUNTIME, GRAPH_MODE_RUNTIME, MODELING, STATIC_CACHE_RUNTIME, UTILS,
+    GRAPH_MODE_RUNTIME, KV_CACHE_RUNTIME, MODELING, REPOSITORY, RUNTIME_FILES, RUNTIME_SOURCE, UTILS,
     console_script, copy_transformers, python_path, run_cli,
 )
-from patcher import __version__, cli, transaction
+from patcher import __version__, cli, files, transaction
 from patcher.catalog import resolve
 from patcher.transform import patch_file
 
-REPOSITORY = Path(__file__).parents[1]
+INIT = f"{GRAPH_MODE_RUNTIME}/__init__.py"
 
 
 def sha(path: Path) -> str:
@@ -62,7 +62,7 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(site):
 
 
 def graph_mode_bytes(original: bytes) -> bytes:
-    return patch_file(UTILS, original, resolve(["graph-mode"]), "4.31.0")
+    return patch_file(UTILS, original, resolve(["graph-mode"]), "4.31.0")[0]
 
 
 def test_apply_status_revert_round_trip(site):
@@ -83,8 +83,9 @@ def test_apply_status_revert_round_trip(site):
     assert record["files"][UTILS]["original_sha256"] == hashlib.sha256(original).hexdigest()
     assert record["files"][UTILS]["patched_sha256"] == sha(site / UTILS)
 
-    assert record["files"][GRAPH_MODE_RUNTIME] == {"original_sha256": None, "patched_sha256": sha(site / GRAPH_MODE_RUNTIME)}
-    assert (site / GRAPH_MODE_RUNTIME).read_bytes() == (REPOSITORY / "patches/graph_mode/_llama_graph_patch.py").read_bytes()
+    for name in RUNTIME_FILES:
+        assert record["files"][name] == {"original_sha256": None, "patched_sha256": sha(site / name)}
+        assert (site / name).read_bytes() == (RUNTIME_SOURCE / Path(name).name).read_bytes()
 
     reverted = run_cli("revert", "--site-packages", str(site))
     assert reverted.returncode == 0, reverted.stderr
@@ -94,30 +95,32 @@ def test_apply_status_revert_round_trip(site):
     assert status_of(site)["state"] == "unpatched"
 
 
-def tree(folder: Path) -> dict[str, bytes]:
-    """Every file below `folder` but bytecode, by relative path."""
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every file below `folder` but bytecode, by relative path, and every folder but __pycache__ (None)."""
     return {
-        path.relative_to(folder).as_posix(): path.read_bytes()
+        path.relative_to(folder).as_posix(): path.read_bytes() if path.is_file() else None
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and "__pycache__" not in path.parts
+        if "__pycache__" not in path.parts
     }
 
 
-def test_the_runtime_is_a_module_of_its_own_and_revert_leaves_the_pristine_tree(site, pristine_site):
-    """utils.py gains the hook lines and one import; the runtime is a new module next to it, imported from
-    there (its bytecode too goes with revert), and revert leaves transformers/ file for file as it was."""
+def test_the_runtime_is_a_package_of_its_own_and_revert_leaves_the_pristine_tree(site, pristine_site):
+    """utils.py gains the hook lines and one import; the runtime is a new package next to it, imported from
+    there (its bytecode too goes with revert), and revert leaves transformers/ file for file and folder for
+    folder as it was."""
     assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
     original, patched = (pristine_site / UTILS).read_bytes(), (site / UTILS).read_bytes()
     assert len(patched.splitlines()) - len(original.splitlines()) <= 150
     assert patched.count(b"\nfrom . import _llama_graph_patch  # added by llama-graph-patch") == 1
     probe = (
         "import transformers.generation.utils as utils, transformers.models.llama.modeling_llama as llama; "
-        "print(utils._llama_graph_patch.__file__); print(llama._llama_graph_patch_static_cache.__file__)"
+        "print(utils._llama_graph_patch.__file__); print(llama._llama_graph_patch_kv_cache.__file__)"
     )
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                               env={**os.environ, **python_path(site), "PYTHONDONTWRITEBYTECODE": ""})
-    assert imported.stdout.split() == [str(site / GRAPH_MODE_RUNTIME), str(site / STATIC_CACHE_RUNTIME)], imported.stderr
-    assert list((site / "transformers").rglob("_llama_graph_patch*.pyc"))
+    assert imported.stdout.split() == [str(site / INIT), str(site / KV_CACHE_RUNTIME)], imported.stderr
+    assert list((site / GRAPH_MODE_RUNTIME / "__pycache__").glob("*.pyc"))
+    assert list((site / "transformers").rglob("_llama_graph_patch_kv_cache*.pyc"))
 
     assert cli.main(["revert", "--site-packages", str(site)]) == 0
     assert tree(site / "transformers") == tree(pristine_site / "transformers")
@@ -149,7 +152,7 @@ def test_same_input_gives_the_same_bytes_wherever_it_lives(pristine_site, tmp_pa
     second = copy_transformers(pristine_site, tmp_path / "deeper" / "b" / "lib" / "site-packages")
     for site in (first, second):
         assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
-    for name in (UTILS, MODELING, GRAPH_MODE_RUNTIME, STATIC_CACHE_RUNTIME):
+    for name in (UTILS, MODELING, *RUNTIME_FILES, KV_CACHE_RUNTIME):
         assert (first / name).read_bytes() == (second / name).read_bytes()
 
 
@@ -158,8 +161,9 @@ def test_diff_shows_what_apply_makes_and_then_what_it_made(site):
     assert before.returncode == 0, before.stderr
     assert before.stdout.startswith(f"--- a/{UTILS}\n+++ b/{UTILS}\n")
     assert "+        self = _llama_graph_patch.compile_for_generation(self, input_ids)\n" in before.stdout
-    runtime = (REPOSITORY / "patches/graph_mode/_llama_graph_patch.py").read_text().splitlines()
-    assert f"--- /dev/null\n+++ b/{GRAPH_MODE_RUNTIME}\n@@ -0,0 +1,{len(runtime)} @@\n" in before.stdout
+    for name in RUNTIME_FILES:
+        runtime = (RUNTIME_SOURCE / Path(name).name).read_text().splitlines()
+        assert f"--- /dev/null\n+++ b/{name}\n@@ -0,0 +1,{len(runtime)} @@\n" in before.stdout
     assert cli.main(["apply", "--site-packages", str(site)]) == 0
     assert run_cli("diff", "--site-packages", str(site)).stdout == before.stdout
 
@@ -194,7 +198,7 @@ def test_dry_run_leaves_every_file_folder_and_mtime_alone(site):
     assert said[0].startswith("already applied, nothing would change")
     assert said[1].startswith("would have switched from graph-mode to: graph-mode+static-cache")
     assert said[2].startswith(
-        f"would revert graph-mode: {UTILS} restored byte for byte; {GRAPH_MODE_RUNTIME}, {COMPILE_CACHE_RUNTIME} deleted"
+        f"would revert graph-mode: {UTILS} restored byte for byte; {GRAPH_MODE_RUNTIME}/ deleted"
     )
     assert snapshot(site) == before
 
@@ -252,7 +256,7 @@ def test_a_reinstalled_transformers_is_noticed(site, pristine_site):
     status = status_of(site)
     assert status["state"] == "modified" and "equals the original again" in status["detail"]
     assert "revert --force` puts the kept originals back" in status["detail"]
-    assert status["detail"].endswith(f"and deletes {site / GRAPH_MODE_RUNTIME}, {site / COMPILE_CACHE_RUNTIME}")  # pip leaves them
+    assert status["detail"].endswith(f"and deletes {site / GRAPH_MODE_RUNTIME}/")  # pip leaves them
     one_line_error(run_cli("apply", "--site-packages", str(site)), 5, "reinstalled")
     assert run_cli("revert", "--force", "--site-packages", str(site)).returncode == 0
     assert status_of(site)["state"] == "unpatched" and not (site / GRAPH_MODE_RUNTIME).exists()
@@ -303,7 +307,7 @@ def test_allow_untested_applies_where_every_place_is_found(site):
     assert status["state"] == "patched" and status["tested"] is False
     assert status["methods"]["graph-mode"]["compiled"][:2] == ["greedy_search", "sample"]
     assert "tested: false" in run_cli("status", "--site-packages", str(site)).stdout
-    assert (site / UTILS).read_bytes() == patch_file(UTILS, original, resolve(["graph-mode"]), "4.31.0")
+    assert (site / UTILS).read_bytes() == patch_file(UTILS, original, resolve(["graph-mode"]), "4.31.0")[0]
     assert run_cli("revert", "--site-packages", str(site)).returncode == 0
     assert (site / UTILS).read_bytes() == original
 
@@ -372,26 +376,42 @@ main(["apply", "--static-cache", "--site-packages", site])
 """
 
 
-# The order a commit moves files into place: the new modules first, so that no import points at a missing one.
-COMMIT_ORDER = [".llama-graph-patch/journal.json", GRAPH_MODE_RUNTIME, STATIC_CACHE_RUNTIME, UTILS, MODELING]
+# The order a commit moves files into place: the new modules first, the runtime package's __init__.py after
+# its other modules, so that no import points at a missing module and the package is whole once importable.
+COMMIT_ORDER = [*RUNTIME_FILES[1:], KV_CACHE_RUNTIME, INIT, UTILS, MODELING]
+assert RUNTIME_FILES[0] == INIT
+# Where the crash test crashes: before the journal, and at every kind of file in the commit (one package
+# module stands for the others, which commit alike; the test below checks the whole order).
+CRASH_POINTS = [".llama-graph-patch/journal.json", RUNTIME_FILES[1], KV_CACHE_RUNTIME, INIT, UTILS, MODELING]
 
 
-@pytest.mark.parametrize("crash_when_replacing", COMMIT_ORDER)
-def test_a_crash_leaves_whole_files_and_the_next_run_finishes(site, crash_when_replacing):
+def patched_files(originals: dict[str, bytes]) -> dict[str, bytes]:
+    """What apply --static-cache writes, by file."""
+    patched = {name: patch_file(name, data, resolve(["static-cache"]), "4.31.0")[0] for name, data in originals.items()}
+    patched.update({name: (RUNTIME_SOURCE / Path(name).name).read_bytes() for name in RUNTIME_FILES})
+    patched[KV_CACHE_RUNTIME] = (REPOSITORY / "patches/static_cache/_llama_graph_patch_kv_cache.py").read_bytes()
+    return patched
+
+
+def test_a_commit_moves_files_into_place_in_the_commit_order(site):
+    crash = subprocess.run([sys.executable, "-c", CRASH_AT, str(site), str(site / MODELING)], capture_output=True)
+    assert crash.returncode == 137, crash.stderr
+    journal = json.loads((site / ".llama-graph-patch" / "journal.json").read_text())
+    assert [entry["file"] for entry in journal["replace"]] == COMMIT_ORDER
+
+
+@pytest.mark.parametrize("crash_when_replacing", CRASH_POINTS)
+def test_a_crash_leaves_whole_files_and_the_next_run_finishes(site, pristine_site, crash_when_replacing):
     names = (UTILS, MODELING)
     originals = {name: (site / name).read_bytes() for name in names}
-    patched = {name: patch_file(name, originals[name], resolve(["static-cache"]), "4.31.0") for name in names}
-    patched.update({name: (REPOSITORY / "patches" / source).read_bytes() for name, source in (
-        (GRAPH_MODE_RUNTIME, "graph_mode/_llama_graph_patch.py"),
-        (STATIC_CACHE_RUNTIME, "static_cache/_llama_graph_patch_static_cache.py"),
-    )})
+    patched = patched_files(originals)
     crash_path = str(site / crash_when_replacing)
     crash = subprocess.run([sys.executable, "-c", CRASH_AT, str(site), crash_path], capture_output=True)
     assert crash.returncode == 137, crash.stderr
 
     # Every file is whole, old (absent, for the new modules) or new, in COMMIT_ORDER.
-    done = COMMIT_ORDER[1 : COMMIT_ORDER.index(crash_when_replacing)]
-    expected = {name: patched[name] if name in done else originals.get(name) for name in COMMIT_ORDER[1:]}
+    done = COMMIT_ORDER[: COMMIT_ORDER.index(crash_when_replacing)] if crash_when_replacing in COMMIT_ORDER else []
+    expected = {name: patched[name] if name in done else originals.get(name) for name in COMMIT_ORDER}
     assert {name: (site / name).read_bytes() if (site / name).exists() else None for name in expected} == expected
     if crash_when_replacing.endswith("journal.json"):  # before the journal: as if nothing happened
         assert status_of(site)["state"] == "unpatched"
@@ -406,20 +426,33 @@ def test_a_crash_leaves_whole_files_and_the_next_run_finishes(site, crash_when_r
     assert {name: (site / name).read_bytes() for name in patched} == patched
     assert not list((site / "transformers").rglob(f"*{transaction.TEMP_SUFFIX}"))
     assert run_cli("revert", "--site-packages", str(site)).returncode == 0
-    assert {name: (site / name).read_bytes() for name in names} == originals
-    assert not (site / GRAPH_MODE_RUNTIME).exists() and not (site / STATIC_CACHE_RUNTIME).exists()
+    assert tree(site / "transformers") == tree(pristine_site / "transformers")
+
+
+def test_a_package_folder_made_before_a_crash_goes_with_the_next_run(site, pristine_site):
+    """Crashed before the journal: the temporary files of the package's modules sit in a folder that apply
+    made for them; the next run sweeps both, and a dry run says it would."""
+    crash = subprocess.run([sys.executable, "-c", CRASH_AT, str(site), str(site / ".llama-graph-patch/journal.json")],
+                           capture_output=True)
+    assert crash.returncode == 137, crash.stderr
+    assert (site / GRAPH_MODE_RUNTIME).is_dir()
+    said = run_cli("revert", "--dry-run", "--site-packages", str(site)).stdout
+    assert "would delete" in said and "temporary files" in said
+    assert run_cli("revert", "--site-packages", str(site)).returncode == 0
+    assert tree(site / "transformers") == tree(pristine_site / "transformers")
+    assert not (site / GRAPH_MODE_RUNTIME).exists()
 
 
 def refuse_writes_in(folder: Path, monkeypatch) -> None:
     """Simulate a read-only folder: root ignores permission bits, so fail the temp file creation."""
-    real_mkstemp = transaction.tempfile.mkstemp
+    real_mkstemp = files.tempfile.mkstemp
 
     def mkstemp(*args, dir=None, **kwargs):
         if Path(dir) == folder:
             raise PermissionError(13, "Permission denied", str(folder / "x.tmp"))
         return real_mkstemp(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(transaction.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
 
 
 @pytest.mark.parametrize("read_only", [UTILS, MODELING])
@@ -503,14 +536,13 @@ def test_static_cache_patches_two_files_and_switching_is_clean(site, capsys):
     assert {entry["file"]: entry["patches"] for entry in status["files"]} == {
         UTILS: ["graph-mode", "static-cache"],
         MODELING: ["static-cache"],
-        GRAPH_MODE_RUNTIME: ["graph-mode"],
-        COMPILE_CACHE_RUNTIME: ["graph-mode"],
-        STATIC_CACHE_RUNTIME: ["static-cache"],
+        **{name: ["graph-mode"] for name in RUNTIME_FILES},
+        KV_CACHE_RUNTIME: ["static-cache"],
     }
     assert cli.main(["apply", "--site-packages", str(site)]) == 0
     assert "switched from graph-mode+static-cache to: graph-mode" in capsys.readouterr().out
     assert (site / MODELING).read_bytes() == originals[MODELING]
-    assert (site / GRAPH_MODE_RUNTIME).exists() and not (site / STATIC_CACHE_RUNTIME).exists()
+    assert (site / INIT).exists() and not (site / KV_CACHE_RUNTIME).exists()
     assert (site / UTILS).read_bytes() == graph_mode_bytes(originals[UTILS])
     assert not (site / ".llama-graph-patch" / "originals" / MODELING).exists()
     assert cli.main(["apply", "--static-cache", "--site-packages", str(site)]) == 0
@@ -566,12 +598,13 @@ def test_a_runtime_module_left_behind_is_reported_and_revert_force_deletes_it(si
     (site / UTILS).write_bytes((pristine_site / UTILS).read_bytes())
 
     status = status_of(site)
-    assert status["state"] == "modified" and status["stray"] == [GRAPH_MODE_RUNTIME, COMPILE_CACHE_RUNTIME]
-    assert str(site / GRAPH_MODE_RUNTIME) in status["detail"] and "revert --force" in status["detail"]
+    assert status["state"] == "modified" and status["stray"] == RUNTIME_FILES
+    assert f"{site / GRAPH_MODE_RUNTIME}/: llama-graph-patch runtime code" in status["detail"]
+    assert "revert --force" in status["detail"]
     for command in ("apply", "revert"):
-        one_line_error(run_cli(command, "--site-packages", str(site)), 5, str(site / GRAPH_MODE_RUNTIME), "revert --force")
+        one_line_error(run_cli(command, "--site-packages", str(site)), 5, f"{site / GRAPH_MODE_RUNTIME}/", "revert --force")
     forced = run_cli("revert", "--force", "--site-packages", str(site))
-    assert forced.returncode == 0 and forced.stdout.startswith(f"deleted {GRAPH_MODE_RUNTIME}"), forced.stderr
+    assert forced.returncode == 0 and forced.stdout.startswith(f"deleted {GRAPH_MODE_RUNTIME}/ in"), forced.stderr
     assert tree(site / "transformers") == tree(pristine_site / "transformers")
     assert status_of(site)["state"] == "unpatched"
 
@@ -581,8 +614,8 @@ def test_an_upgraded_transformers_loses_the_runtime_modules_too(site):
     set_version(site, "4.32.0")
     result = run_cli("revert", "--force", "--site-packages", str(site))
     assert result.returncode == 0, result.stderr
-    assert f"deleted {GRAPH_MODE_RUNTIME}, {COMPILE_CACHE_RUNTIME}, {STATIC_CACHE_RUNTIME}" in result.stdout
-    assert not (site / GRAPH_MODE_RUNTIME).exists() and not (site / STATIC_CACHE_RUNTIME).exists()
+    assert f"deleted {GRAPH_MODE_RUNTIME}/, {KV_CACHE_RUNTIME}" in result.stdout
+    assert not (site / GRAPH_MODE_RUNTIME).exists() and not (site / KV_CACHE_RUNTIME).exists()
     assert b"_llama_graph_patch" in (site / UTILS).read_bytes()  # 4.32.0's files: left as they are
 
 
@@ -593,7 +626,7 @@ def newer_tool(folder: Path, version: str) -> Path:
     shutil.copytree(REPOSITORY, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "results", "*.egg-info"))
     init = source / "patcher" / "__init__.py"
     init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
-    runtime = source / "patches" / "graph_mode" / "_llama_graph_patch.py"
+    runtime = source / "patches" / "graph_mode" / "_llama_graph_patch" / "__init__.py"
     runtime.write_text(runtime.read_text() + "\n\nRELEASE = %r  # what the newer runtime brings\n" % version)
     target = folder / "installed"
     pip = subprocess.run(
@@ -629,7 +662,7 @@ def test_a_newer_tool_updates_the_patch_an_older_one_applied(site, pristine_site
     updated = run_tool(newer, "apply", "--static-cache", "--site-packages", str(site))
     assert updated.returncode == 0, updated.stderr
     assert updated.stdout.startswith(f"updated llama-graph-patch {__version__}'s patch to 99.0.0's: graph-mode+static-cache")
-    assert (site / GRAPH_MODE_RUNTIME).read_bytes().endswith(b"RELEASE = '99.0.0'  # what the newer runtime brings\n")
+    assert (site / INIT).read_bytes().endswith(b"RELEASE = '99.0.0'  # what the newer runtime brings\n")
     status = json.loads(run_tool(newer, "status", "--json", "--site-packages", str(site)).stdout)
     assert (status["state"], status["applied_tool_version"], status["up_to_date"]) == ("patched", "99.0.0", True)
     assert run_tool(newer, "apply", "--static-cache", "--site-packages", str(site)).stdout.startswith("already applied")
@@ -639,3 +672,56 @@ def test_a_newer_tool_updates_the_patch_an_older_one_applied(site, pristine_site
     assert reverted.returncode == 0, reverted.stderr
     assert tree(site / "transformers") == tree(pristine_site / "transformers")
     assert not (site / ".llama-graph-patch").exists()
+
+
+# llama-graph-patch 0.2.0 as released (a wheel built from its commit): the runtime as two modules, the static
+# KV cache module under another name.
+RELEASE_0_2_0 = REPOSITORY / "tests" / "fixtures" / "llama_graph_patch-0.2.0-py3-none-any.whl"
+MODULES_0_2_0 = [
+    "transformers/generation/_llama_graph_patch.py",
+    "transformers/generation/_llama_graph_patch_cache.py",
+    "transformers/models/llama/_llama_graph_patch_static_cache.py",
+]
+
+
+def test_a_site_patched_by_0_2_0_is_updated_to_the_package_and_reverts_to_pristine(site, pristine_site, tmp_path):
+    old = tmp_path / "0.2.0"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(old), str(RELEASE_0_2_0)],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+    applied = run_tool(old, "apply", "--static-cache", "--site-packages", str(site))
+    assert applied.returncode == 0, applied.stderr
+    assert all((site / name).is_file() for name in MODULES_0_2_0) and not (site / GRAPH_MODE_RUNTIME).exists()
+    status = status_of(site)
+    assert (status["state"], status["applied_tool_version"], status["up_to_date"]) == ("patched", "0.2.0", False)
+
+    dry = run_cli("apply", "--static-cache", "--dry-run", "--site-packages", str(site))
+    assert dry.stdout.startswith(f"would have updated llama-graph-patch 0.2.0's patch to {__version__}'s"), dry.stderr
+    updated = run_cli("apply", "--static-cache", "--site-packages", str(site))
+    assert updated.returncode == 0, updated.stderr
+    assert f"{GRAPH_MODE_RUNTIME}/ +" in updated.stdout and f"{', '.join(MODULES_0_2_0)} deleted)" in updated.stdout
+    assert not any((site / name).exists() for name in MODULES_0_2_0)
+    assert patched_files({name: (pristine_site / name).read_bytes() for name in (UTILS, MODELING)}) == {
+        name: (site / name).read_bytes() for name in (UTILS, MODELING, *RUNTIME_FILES, KV_CACHE_RUNTIME)
+    }
+    status = status_of(site)
+    assert (status["state"], status["applied_tool_version"], status["up_to_date"]) == ("patched", __version__, True)
+    probe = "import transformers.generation.utils as u; print(u._llama_graph_patch.__file__)"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**os.environ, **python_path(site)})
+    assert imported.stdout.strip() == str(site / INIT), imported.stderr
+
+    reverted = run_cli("revert", "--site-packages", str(site))
+    assert reverted.returncode == 0, reverted.stderr
+    assert tree(site / "transformers") == tree(pristine_site / "transformers")
+    assert not (site / ".llama-graph-patch").exists()
+
+
+def test_modules_0_2_0_left_behind_are_found_and_revert_force_deletes_them(site, pristine_site):
+    """A reinstalled transformers keeps the modules 0.2.0 added (pip replaces only its own files)."""
+    for name in MODULES_0_2_0[:2]:
+        (site / name).write_bytes(b"# llama_graph_patch 0.2.0's runtime\n")
+    status = status_of(site)
+    assert status["state"] == "modified" and status["stray"] == MODULES_0_2_0[:2]
+    forced = run_cli("revert", "--force", "--site-packages", str(site))
+    assert forced.returncode == 0 and forced.stdout.startswith(f"deleted {', '.join(MODULES_0_2_0[:2])} in"), forced.stderr
+    assert tree(site / "transformers") == tree(pristine_site / "transformers")

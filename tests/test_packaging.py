@@ -18,10 +18,13 @@ from patcher.catalog import added_files, load_catalog
 
 REPOSITORY = Path(__file__).parents[1]
 PATCHES = Path(patches.__file__).parent
-SNIPPETS = sorted(path for path in PATCHES.rglob("*.py") if path.name != "__init__.py")
 CATALOG = load_catalog().values()
 ADDED = {addition.source for patch in CATALOG for addition in patch.adds}
-ADDED_MODULES = {Path(addition.file).stem for patch in CATALOG for addition in patch.adds}
+# Every file of patches/ but the catalogue's own packages (the runtime package's __init__.py ships).
+SNIPPETS = sorted(
+    path for path in PATCHES.rglob("*.py") if path.name != "__init__.py" or path.relative_to(PATCHES).as_posix() in ADDED
+)
+ADDED_MODULES = {Path(addition.package or addition.file).stem for patch in CATALOG for addition in patch.adds}
 IMPORTING = {edit.snippet for patch in CATALOG for edit in patch.edits if edit.codemod == "insert-imports"}
 
 

@@ -17,7 +17,8 @@ import pytest
 from helpers import POISON, WORKERS, generate, python_path, tokens
 from helpers import graphs_after_each_call as graphs
 from helpers import patch_warnings as warnings
-from patches.graph_mode import _llama_graph_patch_cache as compile_cache
+from patches.graph_mode._llama_graph_patch import files, precompiled
+from patches.graph_mode._llama_graph_patch.compile_cache import key_digest
 
 COMMON = ("--kv-heads", 2, "--new-tokens", 12, "--modes", "max-autotune")
 # The tests that start from the `stored` cache run in one xdist worker, which fills it once.
@@ -103,7 +104,7 @@ def spoil(path: Path, how: str) -> tuple[Path, str]:
         return path, "not using the precompiled code in %s (stale: written by torch 2.12.0" % path
     # other shapes: code traced for batches of 3 rows, filed where one-row batches look for theirs
     header["key"]["rows"] = "1"
-    moved = path.with_name(compile_cache.key_digest(header["key"]) + ".bin")
+    moved = path.with_name(key_digest(header["key"]) + ".bin")
     moved.write_bytes(json.dumps(header).encode() + b"\n" + payload)
     return moved, "no precompiled code in %s fits this call" % moved
 
@@ -156,29 +157,27 @@ def test_a_cache_folder_every_user_can_write_is_refused(graph_mode_site, stored,
     assert sorted(path for path in root.rglob("*")) == before
 
 
-def test_a_file_its_group_can_write_is_refused(stored, tmp_path, monkeypatch):
+def test_a_file_its_group_can_write_is_refused(stored, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(stored, root)
-    monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(root))
     path = stored_file(root)
     header = json.loads(path.read_bytes().split(b"\n", 1)[0])
     os.chmod(path, 0o620)
     with pytest.raises(ValueError, match="refused: %s can be written by its group" % path):
-        compile_cache.load_precompiled(str(path), header["key"], None)  # refused before anything is read
+        precompiled.load_precompiled(precompiled.Phases(str(path), header["key"]), str(root), None)  # before a read
 
 
 def test_files_are_refused_by_owner_and_mode(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(tmp_path))
     inside = tmp_path / "compile" / "precompiled"
-    compile_cache.make_folder(str(inside))
+    files.make_folder(str(inside))
     assert [os.stat(folder).st_mode & 0o777 for folder in (tmp_path / "compile", inside)] == [0o700, 0o700]
-    assert compile_cache.untrusted(str(inside / "missing.bin")) is None
+    assert files.untrusted(str(inside / "missing.bin"), str(tmp_path)) is None
     os.chmod(tmp_path / "compile", 0o770)
-    assert "can be written by its group" in compile_cache.untrusted(str(inside / "missing.bin"))
+    assert "can be written by its group" in files.untrusted(str(inside / "missing.bin"), str(tmp_path))
     os.chmod(tmp_path / "compile", 0o700)
     monkeypatch.setattr(os, "getuid", lambda: 4242)  # as if another user ran this process
     owner = os.stat(tmp_path).st_uid
     if owner != 0:
-        assert "is owned by user id %d" % owner in compile_cache.untrusted(str(inside))
+        assert "is owned by user id %d" % owner in files.untrusted(str(inside), str(tmp_path))
     else:  # root's files are trusted, as ssh trusts them
-        assert compile_cache.untrusted(str(inside)) is None
+        assert files.untrusted(str(inside), str(tmp_path)) is None

@@ -5,12 +5,15 @@ tokens of three releases, each in an environment of its own, against the unpatch
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from packaging.version import Version
 
 from helpers import (
     GRAPH_MODE_RUNTIME,
+    RUNTIME_FILES,
+    RUNTIME_SOURCE,
     UTILS,
     changed_methods,
     check_two_graphs,
@@ -22,7 +25,6 @@ from helpers import (
     tokens,
 )
 from patcher.catalog import load_catalog
-from patcher.codemods.base import snippet_bytes
 from releases import environment, small_site
 
 RELEASES = load_catalog()["graph-mode"].releases
@@ -49,8 +51,9 @@ def test_the_graph_mode_patch_on_every_listed_release(version, tmp_path):
     changed, imported = changed_methods(original, patched)
     methods = status["methods"]["graph-mode"]
     assert changed == {*methods["compiled"], *methods["eager"]}
-    assert imported == ["_llama_graph_patch"]  # the runtime module, written next to utils.py
-    assert (site / GRAPH_MODE_RUNTIME).read_bytes() == snippet_bytes("graph_mode/_llama_graph_patch.py")
+    assert imported == ["_llama_graph_patch"]  # the runtime package, written next to utils.py
+    for name in RUNTIME_FILES:
+        assert (site / name).read_bytes() == (RUNTIME_SOURCE / Path(name).name).read_bytes()
     # every method generate() hands the loop to is compiled or says it runs eager, or forwards to one that is
     uncovered = {name for name, called in decoding_calls(original).items() if not {name, *called} & changed}
     assert not uncovered, uncovered

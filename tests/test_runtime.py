@@ -16,6 +16,10 @@ import torch
 
 from helpers import NPU_STANDINS, WORKERS, check_two_graphs, generate, run_python, tokens
 from patches.graph_mode import _llama_graph_patch as runtime
+from patches.graph_mode._llama_graph_patch import backends, calls, compile_cache, compiling, regions, scopes
+from patches.graph_mode._llama_graph_patch.runner import Generation, Runner
+from patches.graph_mode._llama_graph_patch.settings import read_settings
+from patches.graph_mode._llama_graph_patch.state import describe
 
 MODES = ("eager", "max-autotune", "reduce-overhead")
 NEW_TOKENS = 24
@@ -131,37 +135,37 @@ def test_an_unknown_setting_is_an_error_not_a_fallback(monkeypatch, tmp_path, va
     ],
 )
 def test_on_cpu_reduce_overhead_takes_the_cpp_wrapper(monkeypatch, graph_mode, override, torch_version, expected):
-    monkeypatch.delenv("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", raising=False)
-    if override:
-        monkeypatch.setenv("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", override)
+    environ = {"GRAPH_MODE": graph_mode, **({"LLAMA_GRAPH_PATCH_INDUCTOR_MODE": override} if override else {})}
     monkeypatch.setattr(torch, "__version__", torch_version)
-    assert runtime.backend_options(graph_mode, "cpu")[0] == {"backend": "inductor", **expected}
+    assert backends.backend_options(read_settings(environ), "cpu")[0] == {"backend": "inductor", **expected}
 
 
-def test_reduce_overhead_at_region_keeps_python_s_wrapper_on_a_cpu(monkeypatch):
-    monkeypatch.delenv("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", raising=False)
-    assert runtime.backend_options("reduce-overhead", "cpu", "region")[0] == {"backend": "inductor", "mode": "reduce-overhead"}
+REDUCE_OVERHEAD = read_settings({"GRAPH_MODE": "reduce-overhead"})
 
 
-def test_a_sharded_model_keeps_python_s_wrapper_on_a_cpu(monkeypatch):
+def test_reduce_overhead_at_region_keeps_python_s_wrapper_on_a_cpu():
+    assert backends.backend_options(REDUCE_OVERHEAD, "cpu", "region")[0] == {"backend": "inductor", "mode": "reduce-overhead"}
+
+
+def test_a_sharded_model_keeps_python_s_wrapper_on_a_cpu():
     """Inductor's C++ wrapper turns every graph input into a tensor, and a tensor-parallel graph takes its
     DeviceMesh as one (torch 2.13: `TypeError: object of type 'DeviceMesh' has no len()` on every call)."""
-    monkeypatch.delenv("LLAMA_GRAPH_PATCH_INDUCTOR_MODE", raising=False)
-    options = runtime.backend_options("reduce-overhead", "cpu", sharded=True)[0]
+    options = backends.backend_options(REDUCE_OVERHEAD, "cpu", sharded=True)[0]
     assert options == {"backend": "inductor", "mode": "reduce-overhead"}
 
 
 @pytest.mark.parametrize("torch_version, patched", [("2.1.0", True), ("2.3.0", True), ("2.3.1", False), ("2.6.0", False)])
 def test_a_sharded_model_on_npu_gets_torchair_s_collectives_patch_before_torch_2_3_1(monkeypatch, torch_version, patched):
-    calls = []
-    monkeypatch.setitem(sys.modules, "torchair", SimpleNamespace(patch_for_hcom=lambda: calls.append("patch_for_hcom")))
-    monkeypatch.setattr(runtime, "torchair_backend", lambda graph_mode: calls.append(graph_mode) or "backend")
+    asked = []
+    monkeypatch.setitem(sys.modules, "torchair", SimpleNamespace(patch_for_hcom=lambda: asked.append("patch_for_hcom")))
+    monkeypatch.setattr(backends, "torchair_backend", lambda graph_mode: asked.append(graph_mode) or "backend")
     monkeypatch.setattr(torch, "__version__", torch_version)
-    runtime.backend_options("max-autotune", "npu", sharded=True)
-    assert calls == (["patch_for_hcom"] if patched else []) + ["max-autotune"]
-    del calls[:]
-    runtime.backend_options("max-autotune", "npu", sharded=False)
-    assert calls == ["max-autotune"]
+    max_autotune = read_settings({})
+    backends.backend_options(max_autotune, "npu", sharded=True)
+    assert asked == (["patch_for_hcom"] if patched else []) + ["max-autotune"]
+    del asked[:]
+    backends.backend_options(max_autotune, "npu", sharded=False)
+    assert asked == ["max-autotune"]
 
 
 def test_the_prefill_cache_takes_the_strides_decode_steps_hand_out():
@@ -169,14 +173,12 @@ def test_the_prefill_cache_takes_the_strides_decode_steps_hand_out():
     that size-1 dimension, and dynamo compiled a third graph on the second decode step for it."""
     value = torch.arange(240.0).reshape(3, 10, 1, 8).transpose(1, 2)  # as attention makes it: (batch, heads, seq, dim)
     assert value.is_contiguous() and value.stride() == (80, 8, 8, 1)
-    fixed = runtime.standard_layout(value)
+    fixed = calls.standard_layout(value)
     assert fixed.stride() == (80, 80, 8, 1) and torch.equal(fixed, value)
-    assert runtime.standard_layout(fixed) is fixed  # decode steps' tensors are not copied
+    assert calls.standard_layout(fixed) is fixed  # decode steps' tensors are not copied
 
 
 def test_each_rank_of_a_sharded_model_has_compile_keys_of_its_own(monkeypatch):
-    from patches.graph_mode import _llama_graph_patch_cache as compile_cache
-
     model, device, description = tiny_model(), torch.device("cpu"), {"graph_mode": "max-autotune"}
     alone = compile_cache.compile_key(model, device, description)
     assert (alone["world_size"], alone["rank"]) == (1, 0)
@@ -200,13 +202,13 @@ def tiny_model(layers=2):
 
 def test_the_region_scope_says_why_it_compiles_the_whole_model_instead(monkeypatch, caplog, tmp_path):
     model = tiny_model()
-    assert runtime.region_unsupported(model, "cpu") is None
-    assert "torchair" in runtime.region_unsupported(model, "npu")
+    assert regions.region_unsupported(model, "cpu") is None
+    assert "torchair" in regions.region_unsupported(model, "npu")
     monkeypatch.setattr(torch, "__version__", "2.12.1")
-    assert runtime.region_unsupported(model, "cpu") == "torch 2.12.1 is older than 2.13, the oldest torch it was tested with"
+    assert regions.region_unsupported(model, "cpu") == "torch 2.12.1 is older than 2.13, the oldest torch it was tested with"
     monkeypatch.undo()
     model.model.extra = torch.nn.ModuleList()  # a second list: which one holds the decoder layers is unknown
-    assert runtime.region_unsupported(model, "cpu") == "LlamaForCausalLM has no single list of decoder layers"
+    assert regions.region_unsupported(model, "cpu") == "LlamaForCausalLM has no single list of decoder layers"
 
     monkeypatch.setenv("LLAMA_GRAPH_PATCH_CACHE", str(tmp_path))
     monkeypatch.setenv("LLAMA_GRAPH_PATCH_COMPILE_SCOPE", "region")
@@ -215,7 +217,8 @@ def test_the_region_scope_says_why_it_compiles_the_whole_model_instead(monkeypat
         runner = runtime.compile_for_generation(model, torch.tensor([[5, 6, 7]]))
     assert "LLAMA_GRAPH_PATCH_COMPILE_SCOPE=region compiles the whole model: LlamaForCausalLM has no single" in caplog.text
     assert "scope=model, dynamic=True" in caplog.text
-    assert list(model.__dict__["_llama_graph_patch"]["compiled"]) == [("inductor (mode=default)", "model")]
+    seen = describe(model)
+    assert (seen["compiled"], seen["backend"], seen["scope"]) == (True, "inductor (mode=default)", "model")
     assert runner.config is model.config
 
 
@@ -225,7 +228,7 @@ def test_layers_under_cuda_graphs_copy_their_outputs_out_of_the_pool():
     Only CUDA with graph capture (inductor's reduce-overhead) pays for the copies."""
     key, value, hidden = torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3)
     pool = torch.full((2, 3), 7.0)  # stands in for a CUDA graph's output memory
-    layer = runtime.PoolCopies(lambda hidden, past_key_value: (pool, past_key_value))
+    layer = scopes.PoolCopies(lambda hidden, past_key_value: (pool, past_key_value))
     out_hidden, (out_key, out_value) = layer(hidden, past_key_value=(key, value))
     pool.fill_(0.0)  # the next layer's replay of the same graph
     assert out_hidden.tolist() == [[7.0] * 3] * 2
@@ -234,7 +237,8 @@ def test_layers_under_cuda_graphs_copy_their_outputs_out_of_the_pool():
     model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
     layer_types = {}
     for device, mode in (("cuda", "reduce-overhead"), ("cuda", "default"), ("cpu", "reduce-overhead")):
-        compiled = runtime.compiled_model(model, "layers", {"backend": "inductor", "mode": mode}, device)
+        options = {"backend": "inductor", "mode": mode}
+        compiled = compiling.compiled_call(model, None, read_settings({}), torch.device(device), options, "layers", None, {})
         layer_types[device + " " + mode] = sorted({type(layer).__name__ for layer in compiled.compiled.values()})
     assert layer_types == {
         "cuda reduce-overhead": ["PoolCopies"],
@@ -243,18 +247,22 @@ def test_layers_under_cuda_graphs_copy_their_outputs_out_of_the_pool():
     }
 
 
-def test_without_the_timing_variable_nothing_is_timed_or_written(monkeypatch):
-    monkeypatch.setenv("LLAMA_GRAPH_PATCH_TIMING", "")
-    assert runtime.step_timer(torch.zeros(2, 3), "sample") is None
+def eager_runner(**environ) -> Runner:
+    """What compile_for_generation hands the generation loop under EXE_MODE=eager, with these switches."""
+    return Runner(Generation(None, None, read_settings({"EXE_MODE": "eager", **environ})), None)
 
 
-def test_the_timer_writes_one_json_line_per_step(monkeypatch, tmp_path):
-    monkeypatch.setenv("LLAMA_GRAPH_PATCH_TIMING", str(tmp_path / "steps.jsonl"))
-    timer = runtime.step_timer(torch.zeros(2, 3), "sample")
+def test_without_the_timing_variable_nothing_is_timed_or_written():
+    assert runtime.step_timer(eager_runner(LLAMA_GRAPH_PATCH_TIMING=""), torch.zeros(2, 3), "sample") is None
+
+
+def test_the_timer_writes_one_json_line_per_step(tmp_path):
+    runner = eager_runner(LLAMA_GRAPH_PATCH_TIMING=str(tmp_path / "steps.jsonl"))
+    timer = runtime.step_timer(runner, torch.zeros(2, 3), "sample")
     for fed in (3, 1):
         timer.start()
         timer.stop({"input_ids": torch.zeros(2, fed)})
-    runtime.finish(None, timer)
+    runtime.finish(runner, timer)
     records = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [(r["step"], r["phase"], r["input_len"], r["batch_size"], r["method"]) for r in records] == [
         (0, "prefill", 3, 2, "sample"),
@@ -317,6 +325,6 @@ def test_npu_without_torchair_names_it_and_the_fix(monkeypatch):
     monkeypatch.setenv("EXE_MODE", "dynamo")
     monkeypatch.setitem(sys.modules, "torchair", None)  # as where torchair is not installed
     with pytest.raises(ImportError) as error:
-        runtime.compile_for_generation(None, SimpleNamespace(device=SimpleNamespace(type="npu")))
+        runtime.compile_for_generation(tiny_model(), SimpleNamespace(device=SimpleNamespace(type="npu")))
     assert "needs torchair, which could not be imported" in str(error.value)
     assert "EXE_MODE=eager" in str(error.value)

@@ -76,10 +76,10 @@ KV_CACHE_KEY_PROBE = """
 import json, torch
 from tiny import tiny_llama
 from transformers.generation import _llama_graph_patch as runtime
+from transformers.generation._llama_graph_patch.state import describe
 model = tiny_llama(2)
 runtime.compile_for_generation(model, torch.ones(1, 4, dtype=torch.long))  # opens the compile cache, compiles nothing
-cache = model.__dict__["_llama_graph_patch"]["cache"]
-print(json.dumps({"kv_cache": cache["key"]["kv_cache"], "file": cache["path"]}))
+print(json.dumps({"kv_cache": describe(model)["kv_cache"], "file": describe(model)["compile_cache_file"]}))
 """
 
 
@@ -103,12 +103,12 @@ def test_the_compile_cache_keeps_static_and_growing_graphs_apart(request, site_n
 SHARE_OF_A_RANK = """
 import json, torch
 from tiny import tiny_llama
-from transformers.models.llama import _llama_graph_patch_static_cache as static_cache
+from transformers.models.llama import _llama_graph_patch_kv_cache as kv_cache
 
 model = tiny_llama(2)
 for layer in model.model.layers:  # what tensor-parallel sharding over 2 ranks leaves each rank
     layer.self_attn.num_heads, layer.self_attn.num_key_value_heads = 2, 1
-cache = static_cache.allocate(model, 3, 20, torch.device("cpu"))
+cache = kv_cache.make(model, 3, 20, torch.device("cpu"))
 print(json.dumps({"shape": list(cache.shape), "layers": len(cache.keys)}))
 """
 

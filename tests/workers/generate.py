@@ -18,6 +18,11 @@ import torch
 from tiny import enter_mode, timing_records, tiny_llama
 from transformers import LogitsProcessor, LogitsProcessorList
 
+try:
+    from transformers.generation._llama_graph_patch.state import describe
+except ImportError:  # the unpatched transformers the reference tokens come from
+    describe = None
+
 
 def left_padded_batch(lengths, seed=1):
     """Prompts of the given lengths, padded on the left to the longest."""
@@ -103,24 +108,17 @@ def run_mode(mode, args):
                     "input_shapes": shapes[:new_tokens],
                 }
             )
-    cache = model.__dict__.get("_llama_graph_patch", {}).get("cache")
+    seen = describe(model) if describe else {}
     return {
         "calls": results,
-        "static_cache": "llama_graph_patch_kv_cache" in model.__dict__,
-        "compile_cache": cache and {"state": cache["state"], "path": cache["path"], "load_s": cache.get("load_s")},
+        "static_cache": seen.get("static_kv_cache_mb") is not None,
+        "compile_cache": seen.get("compile_cache") and {
+            "state": seen["compile_cache"], "path": seen["compile_cache_file"], "load_s": seen["precompiled_load_s"]
+        },
         "layers_after": sorted({type(layer).__name__ for layer in model.model.layers}),
-        "cuda_graphs": cuda_graphs(args.device),
+        "cuda_graphs": seen.get("cuda_graphs"),
         "timing": timing_records(timing),
     }
-
-
-def cuda_graphs(device):
-    """On a GPU machine (where this tool is installed): the CUDA graphs inductor recorded."""
-    if device != "cuda":
-        return None
-    from patcher.bench.worker import cuda_graphs_recorded
-
-    return cuda_graphs_recorded(torch.device(device))
 
 
 def main():

@@ -16,6 +16,7 @@ import torch_npu  # the stand-in: installs torch.npu
 import torchair  # the stand-in
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation import _llama_graph_patch as runtime
+from transformers.generation._llama_graph_patch.timing import StepTimer
 
 
 class OnNpu:
@@ -115,7 +116,7 @@ def synchronize_calls(device_type):
     cuda_calls = []
     torch.cuda.synchronize = lambda device=None: cuda_calls.append(device)
     before = len(torch_npu.synchronize_calls)
-    timer = runtime.StepTimer(os.devnull, SimpleNamespace(type=device_type), 1, "sample")
+    timer = StepTimer(os.devnull, SimpleNamespace(type=device_type), 1, "sample")
     timer.start()
     timer.stop({"input_ids": torch.zeros(1, 3)})
     return {"npu": len(torch_npu.synchronize_calls) - before, "cuda": len(cuda_calls)}
@@ -125,15 +126,23 @@ def static_cache_write_on_npu():
     cache = torch.zeros(2, 3, 8, 4)
     states = torch.randn(2, 3, 1, 4)
     slots = torch.tensor([5])
-    from transformers.models.llama import _llama_graph_patch_static_cache
+    from transformers.models.llama import _llama_graph_patch_kv_cache
 
-    _llama_graph_patch_static_cache.write_cache(OnNpu(cache), states, slots)
+    _llama_graph_patch_kv_cache.write_cache(OnNpu(cache), states, slots)
     expected = torch.zeros(2, 3, 8, 4).index_copy_(2, slots, states)
     return {"scatter_updates": torch_npu.scatter_updates, "same_as_index_copy": torch.equal(cache, expected)}
 
 
 def static_cache_installed():
-    return importlib.util.find_spec("transformers.models.llama._llama_graph_patch_static_cache") is not None
+    return importlib.util.find_spec("transformers.models.llama._llama_graph_patch_kv_cache") is not None
+
+
+def timer_when_unset():
+    """The step timer of a generate call without LLAMA_GRAPH_PATCH_TIMING."""
+    os.environ["EXE_MODE"] = "eager"
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    runner = runtime.compile_for_generation(model, torch.zeros(1, 2))
+    return runtime.step_timer(runner, torch.zeros(1, 2), "sample") is None
 
 
 def main():
@@ -146,7 +155,7 @@ def main():
         "reduce_overhead_layers": compile_on_npu("reduce-overhead", "2.5.1", scope="layers"),
         "max_autotune_region": compile_on_npu("max-autotune", torch.__version__, scope="region"),
         "cache_compile": cache_compile_on_npu("reduce-overhead"),
-        "timer_when_unset": runtime.step_timer(torch.zeros(1, 2), "sample") is None,
+        "timer_when_unset": timer_when_unset(),
         "synchronize": {kind: synchronize_calls(kind) for kind in ("npu", "cuda", "cpu")},
         "static_cache_write": static_cache_write_on_npu() if static_cache_installed() else None,
     }

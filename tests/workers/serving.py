@@ -22,6 +22,19 @@ from tiny import tiny_llama
 from transformers import AutoTokenizer, TextStreamer, pipeline
 
 
+def static_kv_cache_shapes(seen):
+    """The shapes of the static KV caches alive now (none where the static-cache patch is not applied);
+    `seen` gains a weak reference to each one it did not hold yet."""
+    try:
+        from transformers.models.llama._llama_graph_patch_kv_cache import StaticKVCache
+    except ImportError:
+        return []
+    gc.collect()
+    alive = [value for value in gc.get_objects() if isinstance(value, StaticKVCache)]
+    seen += [weakref.ref(cache) for cache in alive if not any(ref() is cache for ref in seen)]
+    return [list(cache.shape) for cache in alive]
+
+
 def batch(rows, width, seed):
     """`rows` prompts left-padded to `width`, the second one shorter by three tokens."""
     generator = torch.Generator().manual_seed(seed)
@@ -107,23 +120,20 @@ def main():
     tokenizer.pad_token = tokenizer.eos_token
     model = tiny_llama(args.kv_heads, vocab_size=len(tokenizer), pad_token_id=2)
     calls = serving_calls(model, tokenizer) if args.sequence == "serving" else varied_calls(model)
-    caches = []  # a weak reference to every static cache the model ever held
+    caches = []  # a weak reference to every static KV cache the process ever held
     report = []
     with torch.no_grad():
         for name, call in calls:
             result = call()
-            cache = model.__dict__.get("llama_graph_patch_kv_cache")
-            if cache is not None and not any(ref() is cache for ref in caches):
-                caches.append(weakref.ref(cache))
+            shapes = static_kv_cache_shapes(caches)
             report.append({
                 "call": name,
                 "result": result,
                 "graphs": counters["stats"]["unique_graphs"],
-                "static_cache": None if cache is None else list(cache.shape),
+                "static_cache": (shapes[0] if len(shapes) == 1 else shapes) or None,  # more than one: a leak
             })
-    gc.collect()
-    alive = [ref() for ref in caches if ref() is not None]
-    print(json.dumps({"calls": report, "caches_allocated": len(caches), "caches_alive": len(alive),
+    alive = len(static_kv_cache_shapes([]))
+    print(json.dumps({"calls": report, "caches_allocated": len(caches), "caches_alive": alive,
                       "mode": [os.environ.get("EXE_MODE"), os.environ.get("GRAPH_MODE")]}))
 
 

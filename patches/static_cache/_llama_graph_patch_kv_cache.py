@@ -1,8 +1,10 @@
-"""A fixed-size KV cache for transformers 4.31.0's Llama: installed by llama-graph-patch (static-cache
-patch) as transformers/models/llama/_llama_graph_patch_static_cache.py, and removed by
+"""The static KV cache for transformers 4.31.0's Llama: installed by llama-graph-patch (static-cache
+patch) as transformers/models/llama/_llama_graph_patch_kv_cache.py, and removed by
 `llama-graph-patch revert`. modeling_llama.py's LlamaAttention, LlamaModel and LlamaForCausalLM dispatch
 here when a generate call runs with this cache; it uses modeling_llama's own `apply_rotary_pos_emb` and
-`repeat_kv`.
+`repeat_kv`. The graph-mode runtime (generation/_llama_graph_patch/kv_cache.py) gets a cache from the
+model's `llama_graph_patch_kv_cache` method, keeps it for the next call, and hands it to
+prepare_inputs_for_generation under the same name.
 
 The idea (upstream torchair's and gpt-fast's): allocate every layer's keys and values once per generate
 call at (batch, kv_heads, prompt + new tokens, head_dim), write each step's keys and values in place at
@@ -25,8 +27,8 @@ from . import modeling_llama  # imported while modeling_llama itself loads: use 
 logger = logging.getLogger("llama_graph_patch")
 
 
-class StaticLayer(object):
-    """One decoder layer's part of the static cache, as one forward step sees it."""
+class StaticKVLayer(object):
+    """One decoder layer's part of the static KV cache, as one forward step sees it."""
 
     def __init__(self, key, value, slots):
         self.key = key  # (batch, kv_heads, max_length, head_dim), written in place
@@ -34,8 +36,10 @@ class StaticLayer(object):
         self.slots = slots  # (new_tokens,) int64: the cache positions of the tokens fed in this step
 
 
-class StaticCache(object):
-    """Fixed-size keys and values of every layer, kept on the model and reused while the shape fits."""
+class StaticKVCache(object):
+    """Fixed-size keys and values of every layer, for one generate call and the later ones that fit."""
+
+    Layer = StaticKVLayer  # what its `layers` hands out, one per decoder layer
 
     def __init__(self, attention, layers, batch_size, max_length, dtype, device):
         # The heads of the attention module, not of the config: a tensor-parallel rank holds only its share.
@@ -79,7 +83,7 @@ class StaticCache(object):
         self.written = 0
 
     def layers(self, slots):
-        return tuple(StaticLayer(key, value, slots) for key, value in zip(self.keys, self.values))
+        return tuple(StaticKVLayer(key, value, slots) for key, value in zip(self.keys, self.values))
 
     def __repr__(self):
         return "%d layers x 2 x %s %s, %.1f MB" % (
@@ -90,23 +94,15 @@ class StaticCache(object):
         )
 
 
-def allocate(model, batch_size, max_length, device):
-    """The model's static cache for this call: the previous one zeroed if the call fits in it, else a new one
-    in its place. The model never holds more than one."""
+def make(model, batch_size, max_length, device):
+    """A new zeroed static KV cache for `model`, or None (with a WARNING) where it cannot have one."""
     if getattr(model.config, "pretraining_tp", 1) > 1:
         logger.warning(
             "llama-graph-patch: no static KV cache for pretraining_tp > 1; using the growing cache"
         )
         return None
-    cache = model.__dict__.pop("llama_graph_patch_kv_cache", None)
-    if cache is not None and cache.fits(batch_size, max_length, model.dtype, device):
-        cache.reset()
-    else:
-        cache = None  # free the old buffers before taking new ones
-        layers = model.model.layers
-        cache = StaticCache(layers[0].self_attn, len(layers), batch_size, max_length, model.dtype, device)
-    model.__dict__["llama_graph_patch_kv_cache"] = cache  # __dict__: not a registered buffer or weight
-    return cache
+    layers = model.model.layers
+    return StaticKVCache(layers[0].self_attn, len(layers), batch_size, max_length, model.dtype, device)
 
 
 def static_inputs(cache, input_ids, attention_mask):
