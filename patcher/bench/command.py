@@ -125,22 +125,31 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def mode_report(run: runner.ModeRun, result: dict | None, plan: dict, eager_tokens: list | None, scope: str | None) -> dict:
+    """One mode's figures and scope, or why it failed: the worker's error, timing records that do not add
+    up, or fewer new tokens than asked."""
+    if run.error is not None:
+        return failed(run, run.error)
+    try:
+        numbers = stats.summarize(result, run.records(), plan, eager_tokens)
+    except (RuntimeError, ValueError) as error:
+        return failed(run, str(error))
+    if not numbers["new_tokens_as_asked"]:
+        return failed(run, f"generated {result['new_tokens']} new tokens, not {plan['max_new_tokens']}")
+    return {**numbers, "scope": scope}
+
+
+def failed(run: runner.ModeRun, error: str) -> dict:
+    return {"status": "failed", "error": error, "log": str(run.log_path)}
+
+
 def build_report(runs: list[runner.ModeRun], chosen: list[Mode], setup: Setup) -> dict:
     plan, target = setup.plan, setup.target
     scopes = {mode.name: mode.scope for mode in chosen}
     ok = {run.mode: run.result() for run in runs if run.error is None}
     reference = report.eager_reference(ok)
     eager_tokens = ok[reference]["tokens"] if reference else None
-    modes = {}
-    for run in runs:
-        try:
-            if run.error is not None:
-                raise RuntimeError(run.error)
-            modes[run.mode] = {**stats.summarize(ok[run.mode], run.records(), plan, eager_tokens), "scope": scopes[run.mode]}
-            if not modes[run.mode]["new_tokens_as_asked"]:
-                raise RuntimeError(f"generated {ok[run.mode]['new_tokens']} new tokens, not {plan['max_new_tokens']}")
-        except (RuntimeError, ValueError) as error:
-            modes[run.mode] = {"status": "failed", "error": str(error), "log": str(run.log_path)}
+    modes = {run.mode: mode_report(run, ok.get(run.mode), plan, eager_tokens, scopes[run.mode]) for run in runs}
     eager = modes.get(reference, {}).get("decode_ms_mean")
     for numbers in modes.values():
         if numbers["status"] == "ok":
@@ -152,7 +161,7 @@ def build_report(runs: list[runner.ModeRun], chosen: list[Mode], setup: Setup) -
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["llama-graph-patch", *sys.argv[1:]]),
         "python": platform.python_version(),
-        "host_cpu": report.host_cpu(),
+        "host_cpu": first.get("host_cpu") or platform.processor() or platform.machine(),
         "platform": platform.platform(),
         "torch_version": target.companions.get("torch"),
         "transformers_version": target.transformers_version,

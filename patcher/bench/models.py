@@ -19,7 +19,7 @@ from pathlib import Path
 import filelock
 
 from patcher import __version__
-from patcher.cache import cache_root
+from patcher.cache import cache_folder
 from patcher.errors import UsageError
 
 EMBEDDED_NAME = "llama-graph-patch embedded tiny Llama (random weights, not Llama-2)"
@@ -83,7 +83,7 @@ def embedded_model(cache_dir: Path | None = None, layers: int | None = None) -> 
     """The embedded checkpoint folder, built on first use (under a lock, renamed into place whole).
     `layers` gives it another number of decoder layers (bench --layers)."""
     layers = layers or EMBEDDED_CONFIG["num_hidden_layers"]
-    folder = (cache_dir or cache_root()) / f"embedded-tiny-llama-{recipe_digest(layers)}"
+    folder = (cache_dir or cache_folder()) / f"embedded-tiny-llama-{recipe_digest(layers)}"
     if (folder / "model.safetensors").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import unicodedata
 from pathlib import Path
 
 from patcher.bench.modes import STATIC_SUFFIX
+from patcher.files import atomic_write
 
 COLUMNS = (
     # header, key in a mode's report, format
@@ -23,7 +22,7 @@ COLUMNS = (
     ("agree", "token_agreement_vs_eager", "{:.0%}"),
     ("compile s", "compile_s", "{:.1f}"),
     ("graphs", "graphs", "{}"),
-    ("cache", "cache", "{}"),
+    ("compile cache", "compile_cache", "{}"),
     ("scope", "scope", "{}"),
 )
 # Columns whose value differs by rank in a multi-rank mode: shown for every rank, rank 0 first.
@@ -34,17 +33,6 @@ EAGER_MODES = ("eager", "eager" + STATIC_SUFFIX)
 CONSOLE_TEXT_COLUMNS = 32
 # Characters that Markdown would read as formatting, or as the end of a table cell.
 MARKDOWN_SPECIAL = "\\`*_[]<>|~"
-
-
-def host_cpu() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rows(report: dict) -> list[list[str]]:
@@ -256,20 +244,13 @@ def markdown_text(text: str) -> str:
     return "<br>".join(escaped.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
 
 
+# Whole files only: the bench rewrites its reports after every mode, and a reader may be looking.
 def write_json(report: dict, path: Path) -> None:
-    replace(path, json.dumps(report, indent=2) + "\n")
-
-
-def replace(path: Path, text: str) -> None:
-    """Whole files only: the bench rewrites its reports after every mode, and a reader may be looking."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
 
 
 def write_markdown(report: dict, path: Path) -> None:
-    replace(path, markdown(report))
+    atomic_write(path, markdown(report).encode("utf-8"))
 
 
 def plot(report: dict, path: Path) -> None:

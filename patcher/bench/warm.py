@@ -2,7 +2,7 @@
 
 Each mode runs one generate call in a fresh process (the bench's worker) with
 LLAMA_GRAPH_PATCH_PRECOMPILE=store, so that the patched transformers compiles its prefill and decode
-graphs ahead and keeps them, and torch's caches, under the cache root. A second fresh process then
+graphs ahead and keeps them, and torch's caches, in the compile cache. A second fresh process then
 generates the same way as the application will and says whether it called the stored code without
 tracing ("precompiled") and how long loading it took.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from patcher.bench import runner
 from patcher.bench.modes import GRAMMAR, Mode, parse_modes
 from patcher.bench.setup import add_model_arguments, add_workload_arguments, prepare, warn
-from patcher.cache import cache_root, compile_folder, usage
+from patcher.cache import cache_folder, compile_folder, usage
 from patcher.errors import BenchModeFailed, UsageError
 
 DEFAULT_MODES = "max-autotune,reduce-overhead"
@@ -70,17 +70,17 @@ def run_warm(args: argparse.Namespace) -> int:
                 "error": error,
                 "seconds": result.get("warmup_s"),
                 "graphs": result.get("graphs"),
-                "cache_before": result.get("cache"),
+                "cache_before": result.get("compile_cache"),
                 "files_added": added.files,
                 "mb_added": added.mb,
-                "next_start": checked.get("cache"),
+                "next_start": checked.get("compile_cache"),
                 "next_first_call_s": checked.get("warmup_s"),
                 "next_load_s": checked.get("precompiled_load_s"),
             }
         )
     total = usage(stored)
     summary = {
-        "cache_root": str(cache_root()),
+        "cache_root": str(cache_folder()),
         "compile_cache": str(stored),
         "compile_files": total.files,
         "compile_mb": total.mb,

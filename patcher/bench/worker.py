@@ -18,9 +18,10 @@ import argparse
 import json
 import logging
 import os
-import resource
 import sys
 import time
+
+from patcher.bench import devices
 
 
 def main() -> None:
@@ -85,28 +86,50 @@ def run(plan: dict, timing_path: str) -> dict | None:
     import torch
 
     from patcher.bench import ranks as ranks_module
-    from patcher.bench.sharding import local_bytes, shard
-    from patcher.bench.stats import read_records
+    from patcher.bench.sharding import shard
 
-    device = rank_device(resolve_device(plan["device"], torch), torch)
+    device = devices.rank_device(devices.resolve_device(plan["device"], torch), torch)
     ranks = ranks_module.join(device.type, plan["collective_timeout_s"])
-    dtype = resolve_dtype(plan["dtype"], device, torch)
+    dtype = devices.resolve_dtype(plan["dtype"], device, torch)
     progress(event="phase", name="loading")
     model, tokenizer = load(plan, device, dtype, torch)
     if ranks.size > 1:
         from torch.distributed.device_mesh import init_device_mesh
 
         shard(model, init_device_mesh(device.type, (ranks.size,)))
+    inputs = tokenized_prompts(plan, tokenizer, model.config.vocab_size, device)
+    with torch.no_grad():
+        call_s, sequences = generate_calls(plan, model, inputs, generate_options(plan, tokenizer), ranks, timing_path)
+    generated = sequences[-1][:, plan["input_len"] :]
+    own = rank_result(model, device, torch, generated, call_s, ranks_module.rank_path(timing_path, ranks))
+    every_rank = ranks.gather(own)
+    ranks.leave()
+    if not ranks.first:
+        return None
+    check_ranks_agree(every_rank)
+    if ranks.size > 1:
+        write_records(timing_path, slowest_steps([rank["timing"] for rank in every_rank]))
+    measured = sequences[plan["warmup_runs"] :]
+    return mode_result(plan, model, tokenizer, device, dtype, ranks.size, every_rank, measured, generated)
+
+
+def tokenized_prompts(plan: dict, tokenizer, vocab_size: int, device):
+    """The plan's prompts, one per row, left-padded to its input length."""
     prompts = [plan["prompts"][row % len(plan["prompts"])] for row in range(plan["batch_size"])]
     inputs = tokenizer(
         prompts, return_tensors="pt", padding="max_length", max_length=plan["input_len"], truncation=True
     ).to(device)
-    if int(inputs["input_ids"].max()) >= model.config.vocab_size:
+    if int(inputs["input_ids"].max()) >= vocab_size:
         raise ValueError(
-            f"the tokenizer made ids up to {int(inputs['input_ids'].max())} for a model of {model.config.vocab_size} "
+            f"the tokenizer made ids up to {int(inputs['input_ids'].max())} for a model of {vocab_size} "
             "tokens: transformers 4.31 without tokenizers<0.14 adds the special tokens as new ids; "
             "pip install 'tokenizers<0.14'"
         )
+    return inputs
+
+
+def generate_options(plan: dict, tokenizer) -> dict:
+    """generate()'s arguments: exactly the asked number of new tokens, the plan's decoding."""
     new_tokens = plan["max_new_tokens"]
     options = dict(
         max_new_tokens=new_tokens,
@@ -116,82 +139,104 @@ def run(plan: dict, timing_path: str) -> dict | None:
     )
     if plan["decoding"]["num_beams"] == 1:  # generate() takes no streamer with beams
         options["streamer"] = TokenProgress()
+    return options
 
-    os.environ.pop("LLAMA_GRAPH_PATCH_TIMING", None)
-    call_s = []  # wall time of every generate call, warm-up ones first
-    sequences = []
+
+def generate_calls(plan: dict, model, inputs, options: dict, ranks, timing_path: str) -> tuple[list, list]:
+    """The warm-up calls, then the measured ones as the parent asks for them: every call's wall time and
+    output, warm-up ones first. The patched transformers times the measured calls' steps."""
+    import torch
+
+    from patcher.bench.ranks import rank_path
+
+    call_s, sequences = [], []
+    synchronize = device_synchronizer(inputs["input_ids"].device)
 
     def generate():
         torch.manual_seed(plan["seed"])  # every mode, call and rank draws the same random numbers
         started = time.perf_counter()
         output = model.generate(**inputs, **options)
-        synchronize(device, torch)
+        synchronize()
         ranks.barrier()  # the next call starts together on every rank
         call_s.append(time.perf_counter() - started)
+        sequences.append(output)
         if "streamer" not in options:  # the progress bar moves a whole call at a time
-            progress(event="tokens", count=new_tokens)
-        return output
+            progress(event="tokens", count=plan["max_new_tokens"])
 
-    with torch.no_grad():
-        for run_index in range(plan["warmup_runs"]):
-            progress(event="phase", name="warm-up (compiles in graph modes)" if run_index == 0 else "warm-up")
-            last = generate()
-        # The parent says when to measure: all runs at once, or one at a time between other modes' runs.
-        progress(event="ready")
-        os.environ["LLAMA_GRAPH_PATCH_TIMING"] = ranks_module.rank_path(timing_path, ranks)
-        while (command := ranks.next_command()) != "finish":
-            progress(event="phase", name="measuring")
-            for _ in range(plan["runs"] if command == "measure" else 1):
-                sequences.append(generate())
-            progress(event="ran")
-    if plan["runs"] and not sequences:
+    os.environ.pop("LLAMA_GRAPH_PATCH_TIMING", None)
+    for run_index in range(plan["warmup_runs"]):
+        progress(event="phase", name="warm-up (compiles in graph modes)" if run_index == 0 else "warm-up")
+        generate()
+    # The parent says when to measure: all runs at once, or one at a time between other modes' runs.
+    progress(event="ready")
+    os.environ["LLAMA_GRAPH_PATCH_TIMING"] = rank_path(timing_path, ranks)
+    while (command := ranks.next_command()) != "finish":
+        progress(event="phase", name="measuring")
+        for _ in range(plan["runs"] if command == "measure" else 1):
+            generate()
+        progress(event="ran")
+    if plan["runs"] and len(sequences) == plan["warmup_runs"]:
         raise RuntimeError("the parent asked for no measured run")
-    if sequences:
-        last = sequences[-1]
-    generated = last[:, plan["input_len"] :]
-    own = {
+    return call_s, sequences
+
+
+def rank_result(model, device, torch, generated, call_s: list, timing_path: str) -> dict:
+    """What this rank saw, for rank 0 to gather: its tokens, call times, graphs, memory and step times."""
+    from patcher.bench.stats import read_records
+
+    return {
         "tokens": generated.tolist(),
         "call_s": call_s,
-        "graphs": compiled_graphs(),
-        "peak_memory_mb": peak_memory_mb(device, torch),
-        "timing": read_records(ranks_module.rank_path(timing_path, ranks)),
+        "graphs": patched(model)["graphs"],
+        "peak_memory_mb": devices.peak_memory_mb(device, torch),
+        "timing": read_records(timing_path),
     }
-    every_rank = ranks.gather(own)
-    ranks.leave()
-    if not ranks.first:
-        return None
-    if ranks.size > 1:
-        write_records(timing_path, slowest_steps([rank["timing"] for rank in every_rank]))
+
+
+def check_ranks_agree(every_rank: list[dict]) -> None:
     for rank, other in enumerate(every_rank[1:], start=1):
-        if other["tokens"] != own["tokens"]:
+        if other["tokens"] != every_rank[0]["tokens"]:
             raise RuntimeError(f"rank {rank} generated other tokens than rank 0: the ranks' logits differ")
-    cache = model.__dict__.get("llama_graph_patch_kv_cache")
+
+
+def mode_result(
+    plan: dict, model, tokenizer, device, dtype, world_size: int, every_rank: list, measured: list, generated
+) -> dict:
+    """This mode's result as the parent reads it: rank 0's tokens, the slowest rank's times, what the patched
+    transformers did, and the sizes the bandwidth figures need (one rank's share)."""
+    import torch
+
+    from patcher.bench.sharding import local_bytes
+
+    seen = patched(model)
+    cpu = runtime_module("compile_cache").cpu_name()
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
     element = torch.finfo(dtype).bits // 8
     return {
-        "device": device_name(device, torch),
+        "device": devices.device_name(device, torch, cpu),
+        "host_cpu": cpu,
         "device_type": device.type,
         "dtype": str(dtype).replace("torch.", ""),
-        "world_size": ranks.size,
-        "new_tokens": [int(sequence.shape[1]) - plan["input_len"] for sequence in sequences],
-        "tokens": own["tokens"],
+        "world_size": world_size,
+        "new_tokens": [int(sequence.shape[1]) - plan["input_len"] for sequence in measured],
+        "tokens": every_rank[0]["tokens"],
         "answers": None if plan["preset"] else tokenizer.batch_decode(generated, skip_special_tokens=True),
         "warmup_s": max(rank["call_s"][0] for rank in every_rank) if plan["warmup_runs"] else None,
         "call_s": [max(times) for times in zip(*(rank["call_s"] for rank in every_rank))],
-        "graphs": own["graphs"],
+        "graphs": every_rank[0]["graphs"],
         "graphs_per_rank": [rank["graphs"] for rank in every_rank],
-        "cuda_graphs": cuda_graphs_recorded(device),
-        "cache": compile_cache_state(model),
-        "precompiled_load_s": precompiled_load_s(model),
+        "cuda_graphs": seen["cuda_graphs"],
+        "compile_cache": seen["compile_cache"],
+        "precompiled_load_s": seen["precompiled_load_s"],
         "peak_memory_mb": max(rank["peak_memory_mb"] for rank in every_rank),
         "peak_memory_mb_per_rank": [rank["peak_memory_mb"] for rank in every_rank],
         "model_bytes": local_bytes(model),  # one rank's share: what each card reads per step
         # keys and values of every layer that one rank holds, per token of all rows (batch x beams)
-        "kv_bytes_per_token": 2 * config.num_hidden_layers * config.num_key_value_heads // ranks.size * head_dim
+        "kv_bytes_per_token": 2 * config.num_hidden_layers * config.num_key_value_heads // world_size * head_dim
         * element * plan["batch_size"] * plan["decoding"]["num_beams"],
-        "static_cache_mb": cache.nbytes / 2**20 if cache is not None else None,
-        "peak_bandwidth_gbs": peak_bandwidth_gbs(device, torch),
+        "static_cache_mb": seen["static_kv_cache_mb"],
+        "peak_bandwidth_gbs": devices.peak_bandwidth_gbs(device, torch),
     }
 
 
@@ -207,76 +252,22 @@ def slowest_steps(per_rank: list[list[dict]]) -> list[dict]:
     return [{**steps[0], "ms": max(step["ms"] for step in steps)} for steps in zip(*per_rank)]
 
 
-def compiled_graphs() -> int:
-    """Graphs dynamo compiled in this process (for every model in it: the worker holds one)."""
-    from torch._dynamo.utils import counters
+def runtime_module(name: str):
+    """A module of the graph-mode runtime in the patched transformers this worker runs (the bench refuses
+    to start on a transformers without it)."""
+    import importlib
 
-    return int(counters["stats"]["unique_graphs"])
-
-
-def cuda_graphs_recorded(device) -> dict | None:
-    """On CUDA: how many CUDA graphs inductor recorded (reduce-overhead and max-autotune capture them) and
-    how many compiled graphs it left uncaptured, with the reason logged; None elsewhere."""
-    if device.type != "cuda":
-        return None
-    from torch._dynamo.utils import counters
-    from torch._inductor import cudagraph_trees
-
-    manager = cudagraph_trees.get_manager(device.index or 0, create_if_none_exists=False)
-    roots = list(manager.get_roots()) if manager is not None else []
-    recorded = sum(1 + root.num_descendants() for root in roots)
-    return {"recorded": recorded, "skipped": int(counters["inductor"]["cudagraph_skips"])}
+    return importlib.import_module(f"transformers.generation._llama_graph_patch.{name}")
 
 
-def compile_cache_state(model) -> str | None:
-    """What the patched transformers found in the compile cache: "precompiled" (code it called without
-    tracing), "warm" (torch's caches), "cold", or None (eager, or no cache)."""
-    cache = model.__dict__.get("_llama_graph_patch", {}).get("cache")
-    return cache["state"] if cache else None
+def patched(model) -> dict:
+    """What the patched transformers did for the model's latest generate call (its describe())."""
+    return runtime_module("state").describe(model)
 
 
-def precompiled_load_s(model) -> float | None:
-    """Seconds the patched transformers spent loading precompiled code, where it found some."""
-    cache = model.__dict__.get("_llama_graph_patch", {}).get("cache")
-    return cache.get("load_s") if cache and cache["state"] == "precompiled" else None
-
-
-def resolve_device(asked: str, torch):
-    if asked == "npu" or asked == "auto" and npu_available():
-        import torch_npu  # noqa: F401  (registers the npu device)
-
-        return torch.device("npu")
-    if asked == "cuda" or asked == "auto" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def rank_device(device, torch):
-    """Under the launcher, the accelerator of this rank's LOCAL_RANK, made current (NCCL and HCCL expect it)."""
-    if device.type == "cpu" or "LOCAL_RANK" not in os.environ:
-        return device
-    accelerator = getattr(torch, device.type)
-    index, count = int(os.environ["LOCAL_RANK"]), accelerator.device_count()
-    if index >= count:
-        raise RuntimeError(f"local rank {index} needs {device.type}:{index}, but this machine shows {count} {device.type} devices")
-    accelerator.set_device(index)
-    return torch.device(device.type, index)
-
-
-def npu_available() -> bool:
-    try:
-        import torch_npu  # noqa: F401
-    except ImportError:
-        return False
-    import torch
-
-    return torch.npu.is_available()
-
-
-def resolve_dtype(asked: str, device, torch):
-    if asked == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
-    return getattr(torch, asked)
+def device_synchronizer(device):
+    """The patched transformers' wait for the device's queued work, as its step timing waits."""
+    return runtime_module("timing").synchronizer(device)
 
 
 def load(plan: dict, device, dtype, torch):
@@ -295,44 +286,6 @@ def load(plan: dict, device, dtype, torch):
     else:
         model = LlamaForCausalLM.from_pretrained(plan["model_path"], torch_dtype=dtype).to(device)
     return model.eval(), tokenizer
-
-
-def synchronize(device, torch) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "npu":
-        torch.npu.synchronize()
-
-
-def device_name(device, torch) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "npu":
-        return torch.npu.get_device_name()
-    from patcher.bench.report import host_cpu
-
-    return f"cpu ({host_cpu()})"
-
-
-def peak_memory_mb(device, torch) -> float:
-    """Most device memory torch allocated (cuda, npu), or the process's peak resident size (cpu)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    if device.type == "npu":
-        return torch.npu.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def peak_bandwidth_gbs(device, torch) -> float | None:
-    """Theoretical memory bandwidth of a CUDA device from its clock and bus width, where torch says."""
-    if device.type != "cuda":
-        return None
-    properties = torch.cuda.get_device_properties(device)
-    clock_khz = getattr(properties, "memory_clock_rate", None)
-    bus_bits = getattr(properties, "memory_bus_width", None)
-    if not clock_khz or not bus_bits:
-        return None
-    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9  # double data rate
 
 
 if __name__ == "__main__":
