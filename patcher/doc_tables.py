@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from patcher.catalog import load_catalog
+from patcher.cli import DEBUG
 from patcher.errors import exit_codes
 
 BLOCK = re.compile(
@@ -46,7 +47,29 @@ def release_table() -> str:
     return "\n".join([*header, *rows]) + "\n"
 
 
-TABLES = {"exit-codes": exit_code_table, "releases": release_table}
+# Where the README says more about a switch.
+SWITCH_LINKS = {"LLAMA_GRAPH_PATCH_COMPILE_SCOPE": "docs/compile-time.md", "LLAMA_GRAPH_PATCH_MAX_GRAPHS": "docs/serving.md"}
+
+
+def switch_table() -> str:
+    """The run-time switches, from the runtime's own list of them, and the one the command line reads."""
+    from patches.graph_mode._llama_graph_patch.settings import SWITCHES
+
+    rows = []
+    for switch in SWITCHES:
+        values = [f"`{value}`" + (f": {meaning}" if meaning else "") for value, meaning in switch.choices]
+        text = ("; " if any(meaning for _, meaning in switch.choices) else ", ").join(values)
+        text = ": ".join(part for part in (text, switch.meaning) if part)
+        if switch.variable in SWITCH_LINKS:
+            text += f" ([{SWITCH_LINKS[switch.variable]}]({SWITCH_LINKS[switch.variable]}))"
+        default = switch.default_meaning or f"`{switch.default}`"
+        rows.append(f"| `{switch.variable}` | {cell(text)} | {cell(default)} |")
+    rows.append(f"| `{DEBUG}` | set: the command line prints the traceback of an unexpected error (read by the tool, "
+                "not the runtime) | unset |")
+    return "\n".join(["| variable | values | default |", "|---|---|---|", *rows]) + "\n"
+
+
+TABLES = {"exit-codes": exit_code_table, "releases": release_table, "switches": switch_table}
 
 
 def render(text: str, source: str) -> str:

@@ -18,7 +18,7 @@ from patcher.locate import find_target
 ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "benchmarks" / "README.md"]
 DOCS += sorted((ROOT / "docs").glob("*.md"))
-RUNTIME = sorted((ROOT / "patches").glob("*/_llama_graph_patch*.py"))
+RUNTIME = sorted([*(ROOT / "patches").glob("*/_llama_graph_patch*.py"), *(ROOT / "patches").glob("*/_llama_graph_patch/*.py")])
 COMMANDS = ("apply", "revert", "status", "diff", "bench", "warm")
 # Flags of other programs that the docs show next to ours, by program.
 FOREIGN_FLAGS = {
@@ -151,54 +151,40 @@ def test_the_generated_tables_are_rendered_from_the_code():
     assert doc_tables.render(stale, "README.md") == readme
 
 
-def documented_switches() -> dict[str, tuple[str, str]]:
-    """The README's run-time switches table: variable -> (values column, default column)."""
-    section = (ROOT / "README.md").read_text().split("## Run-time switches", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `(\w+)` \| (.*) \| (.*) \|$", section, re.M)
-    return {name: (values, default) for name, values, default in rows}
+def mentioned_switches(path: Path) -> set[str]:
+    """Every switch name a module mentions in a string of its own."""
+    return {
+        node.value
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SWITCH.match(node.value)
+    }
 
 
-def runtime_settings() -> tuple[set[str], dict[str, tuple[object, tuple]]]:
-    """Every switch name the runtime modules and the command line mention, and for each `setting(name,
-    default, allowed)` / `count_setting(name, default)` call its default and allowed values."""
-    names, settings = set(), {}
-    for path in [*RUNTIME, ROOT / "patcher" / "cli.py"]:
-        tree = ast.parse(path.read_text())
-        constants = {
-            node.targets[0].id: node.value
-            for node in tree.body
-            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-        }
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SWITCH.match(node.value):
-                names.add(node.value)
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("setting", "count_setting"):
-                name, default, *allowed = [constants.get(getattr(arg, "id", None), arg) for arg in node.args]
-                settings[ast.literal_eval(name)] = (
-                    literal_or_none(default),
-                    tuple(ast.literal_eval(allowed[0])) if allowed else (),
-                )
-    return names, settings
+def environment_reads(path: Path) -> list[str]:
+    """Where a module reads os.environ or os.getenv, as "file:line"."""
+    return [
+        f"{path.name}:{node.lineno}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv") and getattr(node.value, "id", "") == "os"
+        and not (isinstance(getattr(node, "ctx", None), ast.Store))
+    ]
 
 
-def literal_or_none(node: ast.AST):
-    try:
-        return ast.literal_eval(node)
-    except ValueError:  # computed (INDUCTOR_MODE's follows GRAPH_MODE)
-        return None
+def test_the_switches_table_lists_every_switch_the_runtime_and_the_command_line_name():
+    table = (ROOT / "README.md").read_text().split("<!-- generated: switches -->", 1)[1].split("<!-- end", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+    named = set().union(*(mentioned_switches(path) for path in [*RUNTIME, ROOT / "patcher" / "cli.py"]))
+    assert {"EXE_MODE", "LLAMA_GRAPH_PATCH_TIMING", "LLAMA_GRAPH_PATCH_PRECOMPILE", "LLAMA_GRAPH_PATCH_DEBUG"} <= named
+    assert documented == named, f"documented, never named: {documented - named}; named, undocumented: {named - documented}"
 
 
-def test_the_switches_table_names_what_the_runtime_reads_with_its_values_and_defaults():
-    names, settings = runtime_settings()
-    table = documented_switches()
-    assert {"EXE_MODE", "LLAMA_GRAPH_PATCH_TIMING", "LLAMA_GRAPH_PATCH_PRECOMPILE"} <= names <= set(table)
-    assert set(table) == names, f"documented but never read: {sorted(set(table) - names)}"
-    for name, (default, allowed) in settings.items():
-        values, default_column = table[name]
-        shown = set(re.findall(r"`([^`]+)`", values))
-        assert set(allowed) <= shown, f"{name}: {sorted(set(allowed) - shown)} undocumented"
-        if default is not None:
-            assert f"`{default}`" in default_column, f"{name}: the default is {default!r}"
+def test_the_runtime_reads_the_environment_in_settings_alone():
+    """Every switch is read once per generate call into one Settings; the compile cache only points
+    inductor's own variable (TORCHINDUCTOR_CACHE_DIR) at the tool's cache folder."""
+    reads = [place for path in RUNTIME if path.name != "settings.py" for place in environment_reads(path)]
+    assert reads and all(place.startswith("compile_cache.py:") for place in reads), reads
+    source = (ROOT / "patches/graph_mode/_llama_graph_patch/compile_cache.py").read_text()
+    assert set(re.findall(r"os\.environ(?:\.get\(|\[)\"(\w+)\"", source)) == {"TORCHINDUCTOR_CACHE_DIR"}
 
 
 def test_the_diff_in_the_design_doc_is_what_apply_makes_on_this_transformers():
