@@ -15,7 +15,7 @@ import sys
 import types
 
 import torch
-from tiny import enter_mode, timing_records, tiny_llama
+from tiny import enter_mode, smollm2_135m, timing_records, tiny_llama
 from transformers import LogitsProcessor, LogitsProcessorList
 
 try:
@@ -35,9 +35,10 @@ def left_padded_batch(lengths, seed=1):
     return input_ids.masked_fill(attention_mask == 0, 0), attention_mask
 
 
-def calls(new_tokens, rows=3):
-    """The three generate calls of every mode: (input_ids, attention_mask, new tokens), of `rows` rows each."""
-    first = left_padded_batch([9, 6, 4][:rows])
+def calls(new_tokens, rows=3, prompt_len=9):
+    """The three generate calls of every mode: (input_ids, attention_mask, new tokens), of `rows` rows each,
+    the first two with prompts of up to `prompt_len` tokens."""
+    first = left_padded_batch([prompt_len, prompt_len - 3, prompt_len - 5][:rows])
     third = left_padded_batch([6, 6, 2][:rows], seed=2)
     return [(*first, new_tokens), (*first, new_tokens), (*third, new_tokens - 7)]
 
@@ -83,12 +84,15 @@ def run_mode(mode, args):
     from torch._dynamo.utils import counters
 
     timing = enter_mode(mode, args.timing_dir)
-    model = tiny_llama(args.kv_heads, seed=args.weights_seed).to(args.device)
+    if args.model == "smollm2-135m":
+        model = smollm2_135m(seed=args.weights_seed).to(args.device)
+    else:
+        model = tiny_llama(args.kv_heads, seed=args.weights_seed).to(args.device)
     shapes = []
     record_input_shapes(model, shapes)
     results = []
     with torch.no_grad():
-        for input_ids, attention_mask, new_tokens in calls(args.new_tokens, args.rows):
+        for input_ids, attention_mask, new_tokens in calls(args.new_tokens, args.rows, args.prompt_len):
             steps = CompiledGraphsPerStep(counters, args.forbid_recompiles and os.environ["EXE_MODE"] == "dynamo")
             del shapes[:]
             sequences = model.generate(
@@ -123,7 +127,10 @@ def run_mode(mode, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--kv-heads", type=int, required=True)
+    parser.add_argument("--model", choices=["tiny", "smollm2-135m"], default="tiny",
+                        help="the tiny Llama, or SmolLM2-135M's public config with 2 layers (both random weights)")
+    parser.add_argument("--kv-heads", type=int, default=2, help="the tiny Llama's key-value heads")
+    parser.add_argument("--prompt-len", type=int, default=9, help="the longest prompt of the first two calls")
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--modes", default="eager,max-autotune,reduce-overhead")
     parser.add_argument("--weights-seed", type=int, default=0, help="the random weights of a same-shape checkpoint")

@@ -32,6 +32,19 @@ def tiny_llama(kv_heads, vocab_size=99, layers=2, seed=0, pad_token_id=0, spread
     return model
 
 
+def smollm2_135m(layers=2, seed=0):
+    """SmolLM2-135M's architecture as its public config.json gives it, cut to `layers` decoder layers, with
+    random weights: head size 64, grouped-query attention 9/3, tied embeddings, pad = eos."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers, num_attention_heads=9,
+        num_key_value_heads=3, hidden_act="silu", max_position_embeddings=8192, rms_norm_eps=1e-05,
+        rope_theta=100000.0, rope_scaling=None, attention_bias=False, tie_word_embeddings=True, bos_token_id=1,
+        eos_token_id=2, pad_token_id=2, torch_dtype="float32",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
 def enter_mode(mode, timing_dir=None):
     """Set EXE_MODE and GRAPH_MODE for `mode` (eager, max-autotune, reduce-overhead, or reference: unpatched),
     the timing file if asked, and start dynamo's graph count afresh. Returns the timing file or None."""

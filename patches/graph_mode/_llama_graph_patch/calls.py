@@ -1,6 +1,8 @@
 """What a compiled model is fed, and what it hands back, shaped so that dynamo guards little and compiles
 two graphs: prefill and decode."""
 
+import contextlib
+
 import torch
 from torch.utils import _pytree
 
@@ -71,6 +73,21 @@ def standard_layout(tensor):
     if list(tensor.stride()) == strides:
         return tensor
     return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def sizes_apart():
+    """While tracing, a symbol of its own for every dimension of the inputs. dynamo's duck sizing gives
+    dimensions of equal size one symbol: where a prompt is as long as the model's head size (64 for
+    SmolLM2 and Llama-2-7B), the KV cache's length shares a symbol with its head size, which the attention's
+    views make a constant; the first decode graph is then specialised on that length and the next step
+    compiles a third graph."""
+    try:
+        from torch.fx.experimental import _config as config
+    except ImportError:  # torch releases before the switch: duck sizing as it was
+        return contextlib.nullcontext()
+    if not hasattr(config, "use_duck_shape"):
+        return contextlib.nullcontext()
+    return config.patch(use_duck_shape=False)
 
 
 def first_line(error):

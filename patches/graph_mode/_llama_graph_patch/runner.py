@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .calls import contiguous_cache, first_line, model_inputs
+from .calls import contiguous_cache, first_line, model_inputs, sizes_apart
 from .compile_cache import save_compile_cache
 
 logger = logging.getLogger("llama_graph_patch")
@@ -79,7 +79,8 @@ class Runner(object):
         for module in self.__compiled.sdpa_attention:
             module._use_sdpa = False
         try:
-            return self.__call_within_budget(args, kwargs)
+            with sizes_apart():
+                return self.__call_within_budget(args, kwargs)
         finally:
             for module in self.__compiled.sdpa_attention:
                 module._use_sdpa = True
