@@ -15,6 +15,8 @@ The rest, a module per job:
     runner.py          the model as the generation loop sees it: compiled, falling back to eager
     compiling.py       what a generate call runs compiled, built once per model, backend and scope
     backends.py        torchair on an NPU, inductor on cuda and cpu, and their options
+    frozen.py          frozen weights on inductor: where, when, and what a change of the weights does
+    gemv.py            one-row decode on a CPU: matrix-vector products as inductor's own reductions
     scopes.py          scope "layers", and the decoder-layer swap every scope but "model" uses
     regions.py         scope "region": the decoder layer traced once inside the whole-model graph
     calls.py           what the compiled model is fed and hands back: views, inference tensors, phases

@@ -5,7 +5,7 @@ import logging
 
 import torch
 
-from . import compile_cache, precompiled, torchair_cache
+from . import compile_cache, frozen, precompiled, torchair_cache
 from .backends import backend_options, torchair_config
 from .kv_cache import kv_cache_kind
 from .regions import Regions, region_unsupported
@@ -17,16 +17,42 @@ logger = logging.getLogger("llama_graph_patch")
 
 def compiled_for(model, state, settings, device):
     """The model compiled as `settings` ask, for `device`: made on the first generate call of that way, made
-    again for scopes whose layers the model no longer holds."""
+    again for scopes whose layers the model no longer holds, and for weights changed since they were frozen."""
+    if frozen.changed(model, state):
+        logger.info(
+            "llama-graph-patch: the weights of %s changed since they were frozen into its compiled graphs: compiling "
+            "again (torch.compiler.reset(): every model of this process compiles on its next call)",
+            type(model).__name__,
+        )
+    scope = effective_scope(model, state, settings, device)
+    sharded = compile_cache.tensor_parallel()[0] > 1
+    options, backend = backend_options(settings, device.type, scope, sharded)
+    unfrozen = frozen.unfrozen_because(settings, device.type, scope, kv_cache_kind(model, settings), sharded)
+    logger.info(
+        "llama-graph-patch: dynamo mode %s on %s, backend=%s, scope=%s, dynamic=True, fullgraph=True; %s",
+        settings.graph_mode,
+        device.type,
+        backend,
+        scope,
+        "weights frozen into the decode graph" if unfrozen is None else "weights not frozen: " + unfrozen,
+    )
+    way = (backend, scope, unfrozen is None)
+    if scope != "model" and way in state.compiled and not state.compiled[way].call.is_current():
+        del state.compiled[way]  # compile the layers the model holds now (dynamo reuses what fits)
+    if way not in state.compiled:
+        state.compiled[way] = compile_model(model, state, settings, device, options, backend, scope, unfrozen is None)
+    return state.compiled[way]
+
+
+def effective_scope(model, state, settings, device):
+    """The scope the settings ask for, or "model" where it cannot serve this model (said once, or at INFO)."""
     scope = settings.scope
     if scope == "region":
         reason = region_unsupported(model, device.type)
         if reason is not None:
-            scope = "model"
             logger.info("llama-graph-patch: LLAMA_GRAPH_PATCH_COMPILE_SCOPE=region compiles the whole model: %s", reason)
-    options, backend = backend_options(settings, device.type, scope, sharded=compile_cache.tensor_parallel()[0] > 1)
+            return "model"
     if scope == "layers" and layers_are_indexed(model):
-        scope = "model"
         if not state.warned_layers_scope:
             state.warned_layers_scope = True
             logger.warning(
@@ -35,26 +61,18 @@ def compiled_for(model, state, settings, device):
                 "later), so dynamo would compile every layer apart",
                 type(model).__name__,
             )
-    logger.info(
-        "llama-graph-patch: dynamo mode %s on %s, backend=%s, scope=%s, dynamic=True, fullgraph=True",
-        settings.graph_mode,
-        device.type,
-        backend,
-        scope,
-    )
-    way = (backend, scope)
-    if scope != "model" and way in state.compiled and not state.compiled[way].call.is_current():
-        del state.compiled[way]  # compile the layers the model holds now (dynamo reuses what fits)
-    if way not in state.compiled:
-        state.compiled[way] = compile_model(model, state, settings, device, options, backend, scope)
-    return state.compiled[way]
+        return "model"
+    return scope
 
 
-def compile_model(model, state, settings, device, options, backend, scope):
+def compile_model(model, state, settings, device, options, backend, scope, frozen_weights):
     """The model compiled one way, its compile cache opened (not on an NPU: torchair compiles through GE,
     which torch's caches do not hold)."""
     kv_cache = kv_cache_kind(model, settings)
     description = {"graph_mode": settings.graph_mode, "backend": backend, "scope": scope, "kv_cache": kv_cache}
+    if frozen_weights:
+        description["frozen"] = True
+        state.frozen_weights = state.frozen_weights or frozen.fingerprint(model)
     cache = None
     if settings.compile_cache and device.type != "npu":
         cache = compile_cache.open_compile_cache(settings.cache_folder, model, device, description)
@@ -63,7 +81,7 @@ def compile_model(model, state, settings, device, options, backend, scope):
     # (`torch.all(attention_mask == 1)`) that fullgraph tracing cannot follow: while a compiled call runs,
     # their LlamaModel prepares the mask the eager way instead and hands it to the same SDPA attention.
     sdpa = [module for module in model.modules() if getattr(module, "_use_sdpa", False) is True]
-    return CompiledModel(call, backend, scope, kv_cache, cache, sdpa)
+    return CompiledModel(call, backend, scope, kv_cache, frozen_weights, cache, sdpa)
 
 
 def compiled_call(model, state, settings, device, options, scope, cache, description):

@@ -118,7 +118,8 @@ class Precompiled(object):
         started = time.perf_counter()
         forward = torch.compile(type(self.model).forward, dynamic=True, fullgraph=True, **self.options)
         # Python floats (RMSNorm's epsilon) as constants: aot_compile cannot restart a trace to make them tensors.
-        with torch._dynamo.config.patch(specialize_float=True):
+        # Never frozen: the code serves every checkpoint of the shape (and aot_compile takes no frozen graph).
+        with torch._dynamo.config.patch(specialize_float=True), torch._inductor.config.patch(freezing=False):
             code = forward.aot_compile(((self.model,) + tuple(args), kwargs))
         meta = {"phase": phase(kwargs), "compile_s": round(time.perf_counter() - started, 3)}
         held.entries.append((meta, code))

@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
-from .calls import contiguous_cache, first_line, model_inputs, sizes_apart
+from .calls import contiguous_cache, first_line, model_inputs, phase, sizes_apart
 from .compile_cache import save_compile_cache
+from .frozen import freezing
+from .gemv import one_row_matmuls
 
 logger = logging.getLogger("llama_graph_patch")
 
@@ -79,7 +81,7 @@ class Runner(object):
         for module in self.__compiled.sdpa_attention:
             module._use_sdpa = False
         try:
-            with sizes_apart():
+            with sizes_apart(), one_row_matmuls(), freezing(self.__compiled.frozen and phase(kwargs) == "decode"):
                 return self.__call_within_budget(args, kwargs)
         finally:
             for module in self.__compiled.sdpa_attention:

@@ -47,6 +47,15 @@ SWITCHES = (
         default_meaning="`~/.cache/llama-graph-patch` (under `XDG_CACHE_HOME` when set)",
     ),
     Switch(
+        "LLAMA_GRAPH_PATCH_FREEZE", "freeze", "choice", "auto",
+        (
+            ("auto", "frozen where measured to win: on a CPU"),
+            ("1", "also on cuda"),
+            ("0", "never"),
+        ),
+        meaning="inductor takes the weights as constants of the decode graph, as torchair's `frozen_parameter`",
+    ),
+    Switch(
         "LLAMA_GRAPH_PATCH_COMPILE_CACHE", "compile_cache", "flag", "1", (("1", ""), ("0", "")),
         meaning="keep and load the compile cache in the tool's cache folder",
     ),
@@ -86,6 +95,7 @@ class Settings:
     graph_mode: str  # "max-autotune" or "reduce-overhead", the guide's two graph modes
     scope: str  # what one compiled graph holds: "model", "region" or "layers"
     inductor_mode: Optional[str]  # inductor's mode chosen by hand; None: the one graph_mode maps to
+    freeze: str  # inductor: the weights as constants of the decode graph: "auto" (on a CPU), "1" or "0" (frozen.py)
     cache_folder: str  # the tool's cache folder; the compile cache lives in its compile/
     compile_cache: bool  # keep and load the compile cache
     precompile: str  # precompiled code: "load", "store" or "off"

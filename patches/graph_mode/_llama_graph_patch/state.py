@@ -19,6 +19,7 @@ class CompiledModel:
     backend: str  # as the INFO line names it, "inductor (mode=default)" say
     scope: str  # "model", "region" or "layers", as compiled (a scope that cannot serve the model falls back)
     kv_cache: str  # the KV cache it was compiled for: "static" (the static KV cache) or "growing" (transformers')
+    frozen: bool  # the weights are constants of its decode graph (frozen.py)
     compile_cache: Optional[CompileCacheFile]  # None: switched off, refused, or on an NPU
     # modules whose SDPA mask preparation is switched off while a compiled call runs (transformers 4.36, 4.37)
     sdpa_attention: List[torch.nn.Module] = field(default_factory=list, repr=False)
@@ -35,6 +36,7 @@ class ModelState:
     latest: Optional[CompiledModel] = None  # what the latest generate call ran; None: it ran eager
     device: Optional[torch.device] = None  # where the latest generate call ran
     static_kv_cache: Any = None  # the latest static KV cache, reused by the next call that fits in it
+    frozen_weights: Any = None  # the weights' fingerprint when they were frozen into a compiled graph (frozen.py)
 
 
 def state_of(model):
@@ -51,6 +53,7 @@ def describe(model):
     compiled             whether that call ran compiled (EXE_MODE=dynamo)
     backend, scope       how, as the INFO line says it; None when it ran eager
     kv_cache             the KV cache it was compiled for, "static" or "growing"; None when it ran eager
+    frozen               whether the weights are constants of its decode graph; None when it ran eager
     graphs               graphs dynamo compiled for this model so far, over all its calls
     compile_cache        "cold" (compiled anew), "warm" (torch's artifacts loaded), "precompiled" (stored code
                          ran without tracing), or None (eager, switched off, refused, on an NPU)
@@ -69,6 +72,7 @@ def describe(model):
         "backend": latest.backend if latest is not None else None,
         "scope": latest.scope if latest is not None else None,
         "kv_cache": latest.kv_cache if latest is not None else None,
+        "frozen": latest.frozen if latest is not None else None,
         "graphs": state.graphs,
         "compile_cache": cache.state if cache is not None else None,
         "compile_cache_file": cache.path if cache is not None else None,
