@@ -16,6 +16,9 @@
 # layers:  the same in the per-layer scope (one decoder layer compiled: minutes less than the whole model)
 # static:  bench --preset llama2-7b ... --static-cache (all three modes, model scope)
 # growing: bench --preset llama2-7b ... (all three modes, transformers' own growing cache, model scope)
+# frozen:  the growing part with the weights frozen into the decode graph (LLAMA_GRAPH_PATCH_FREEZE=1: on CUDA
+#          `auto` leaves them unfrozen until measured), and the limit: decode GB/s against the streamed and the
+#          spec bandwidth, peak memory (inductor concatenates q/k/v and gate/up into copies on CUDA)
 #
 # Needs, in $WHEELS (default .whl): transformers 4.31.0, huggingface_hub 0.36.2, libcst and this project.
 # transformers 4.31 refuses tokenizers >= 0.14, so the image's tokenizers is uninstalled first (the slow
@@ -119,13 +122,15 @@ EOF
       --output-json "$OUT/bench-$part.json" --output-md "$OUT/bench-$part.md" 2> "$WORK/bench-$part.log"
     log "bench $part exit code $?"
     ;;
-  static | growing)
+  static | growing | frozen)
     flag=""
     [ "$part" = static ] && flag="--static-cache"
+    freeze=auto
+    [ "$part" = frozen ] && freeze=1
     log "bench, $part cache"
     modes=eager,max-autotune,reduce-overhead
     [ "$part" = static ] && modes=eager,reduce-overhead,max-autotune  # the mode graph capture is for, first
-    "$PY" -m patcher bench $BENCH $flag --modes "$modes" --mode-timeout "$MODE_TIMEOUT" \
+    LLAMA_GRAPH_PATCH_FREEZE=$freeze "$PY" -m patcher bench $BENCH $flag --modes "$modes" --mode-timeout "$MODE_TIMEOUT" \
       --output-json "$OUT/bench-$part.json" --output-md "$OUT/bench-$part.md" 2> "$WORK/bench-$part.log"
     log "bench $part exit code $?"
     ;;

@@ -87,6 +87,10 @@ def test_bench_runs_three_modes_and_reports_every_field(graph_mode_site, embedde
         assert numbers["warmup_s"] > 0 and numbers["peak_memory_mb"] > 0
         assert numbers["token_agreement_vs_eager"] == 1.0, mode
         assert numbers["model_bytes"] > 0 and numbers["decode_bandwidth_gbs"] > 0
+        assert numbers["stream_bandwidth_gbs"] > 0  # measured by the mode's own process
+        assert numbers["decode_bandwidth_pct_of_stream"] == pytest.approx(
+            100 * numbers["decode_bandwidth_gbs"] / numbers["stream_bandwidth_gbs"]
+        )
         assert numbers["compile_s"] >= 0 and numbers["scope"] == (None if mode == "eager" else "model")
         assert numbers["graphs"] == (0 if mode == "eager" else 2)
         assert numbers["cuda_graphs"] is None  # counted on CUDA only
@@ -95,6 +99,8 @@ def test_bench_runs_three_modes_and_reports_every_field(graph_mode_site, embedde
     assert report["modes"]["eager"]["decode_speedup_vs_eager"] == 1.0
     assert "| mode | batch | prefill ms | decode ms |" in (out / "b.md").read_text()
     assert "| compile s | graphs | compile cache | scope |" in (out / "b.md").read_text()
+    assert "| tokens/s | GB/s | of limit |" in (out / "b.md").read_text()
+    assert "% of the " in (out / "b.md").read_text() and "GB/s streamed" in (out / "b.md").read_text()
     assert (out / "b.png").read_bytes().startswith(b"\x89PNG")
     assert result.stdout.splitlines()[0].split()[:4] == ["mode", "batch", "prefill", "ms"]
     assert result.stdout.splitlines()[0].split()[-6:] == ["compile", "s", "graphs", "compile", "cache", "scope"]
@@ -455,6 +461,21 @@ def test_the_embedded_model_is_the_same_bytes_every_build(tmp_path):
         assert tokenizer.decode(tokenizer(prompt)["input_ids"], skip_special_tokens=True) == prompt
     model = LlamaForCausalLM.from_pretrained(first)
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query attention
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_decode_step_reads_every_weight_but_the_embedding_table(tied):
+    """The input embedding reads only its tokens' rows; a table tied to the output head is read whole, once."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from patcher.bench.sharding import weight_bytes_read
+
+    config = LlamaConfig(vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, tie_word_embeddings=tied)
+    model = LlamaForCausalLM(config)
+    everything = sum(parameter.numel() for parameter in model.parameters()) * 4
+    table = 1000 * 16 * 4
+    assert weight_bytes_read(model) == (everything if tied else everything - table)
 
 
 def hand_made_report(answers: dict, prompts: list[str]) -> dict:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import resource
+import time
+
+# What the bandwidth probe reads: far larger than a CPU's last-level cache (32 MiB on this project's machine),
+# so that it streams from memory; on an accelerator, far larger than its L2.
+STREAM_BYTES = {"cpu": 2**30, "cuda": 4 * 2**30, "npu": 4 * 2**30}
 
 
 def resolve_device(asked: str, torch):
@@ -53,12 +58,51 @@ def device_name(device, torch, cpu: str) -> str:
     return f"cpu ({cpu})"
 
 
+def stream_bandwidth_gbs(device, torch, repeats: int = 5) -> float:
+    """The memory bandwidth this process streams: the best of `repeats` reads (a sum) of a buffer far larger
+    than the last-level cache, device-synchronized: what a decode step that reads every weight once could reach."""
+    size = STREAM_BYTES.get(device.type, 2**30)
+    # Random values: pages of equal content may share memory under a hypervisor (a buffer of ones read at
+    # 55-60 GB/s in some processes on this project's machine, random values at 33-36 in every one).
+    buffer = torch.rand(size // 4, dtype=torch.float32, device=device)
+    synchronize = getattr(torch, device.type).synchronize if device.type != "cpu" else (lambda: None)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first read warms up
+        synchronize()
+        started = time.perf_counter()
+        buffer.sum()
+        synchronize()
+        best = min(best, time.perf_counter() - started)
+    del buffer
+    reset_peak_memory(device, torch)  # the buffer is not the model's memory
+    return size / best / 1e9
+
+
+def reset_peak_memory(device, torch) -> None:
+    if device.type in ("cuda", "npu"):
+        getattr(torch, device.type).reset_peak_memory_stats()
+        return
+    try:  # Linux: the process's high-water resident size starts again from what it holds now
+        with open("/proc/self/clear_refs", "w") as sink:
+            sink.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device, torch) -> float:
-    """Most device memory torch allocated (cuda, npu), or the process's peak resident size (cpu)."""
+    """Most device memory torch allocated (cuda, npu), or the process's peak resident size (cpu), since the
+    start or the last reset_peak_memory."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     if device.type == "npu":
         return torch.npu.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as source:
+            for line in source:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:  # not Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 

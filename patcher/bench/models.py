@@ -50,8 +50,40 @@ EMBEDDED_CONFIG = {
 }
 EMBEDDED_VOCAB = 512
 
-# Llama-2-7B's shape (public config of meta-llama/Llama-2-7b-hf), for --preset on a GPU or NPU.
+# Real checkpoints' shapes, as their public config.json files give them, for --preset (random weights):
+# SmolLM2-135M (HuggingFaceTB/SmolLM2-135M) and TinyLlama-1.1B (TinyLlama/TinyLlama-1.1B-Chat-v1.0) fit a
+# CPU; Llama-2-7B (meta-llama/Llama-2-7b-hf) is for a GPU or NPU. --layers keeps the width and cuts the depth.
+PRESET_NAMES = {"smollm2-135m": "SmolLM2-135M", "tinyllama-1.1b": "TinyLlama-1.1B", "llama2-7b": "Llama-2-7B"}
 PRESETS = {
+    "smollm2-135m": {
+        "vocab_size": 49152,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+    },
+    "tinyllama-1.1b": {
+        "vocab_size": 32000,
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
     "llama2-7b": {
         "vocab_size": 32000,
         "hidden_size": 4096,

@@ -153,7 +153,8 @@ def prepare(args: argparse.Namespace, static_cache: bool, **plan) -> Setup:
             name += f", {args.layers} layers"
         if args.preset:  # random weights; the embedded tokenizer only turns the prompts into ids
             layers = f", {args.layers} layers" if args.layers else ""
-            model_path, name = None, f"--preset {args.preset}{layers} (random weights in Llama-2-7B's shape, not Llama-2)"
+            real = models.PRESET_NAMES[args.preset]
+            model_path, name = None, f"--preset {args.preset}{layers} (random weights in {real}'s shape, not {real})"
     plan = {
         "model_path": model_path,
         "tokenizer_path": tokenizer_path,

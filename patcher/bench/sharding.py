@@ -51,10 +51,17 @@ def shard(model, mesh):
     return model
 
 
-def local_bytes(model) -> int:
-    """Bytes of the weights this rank holds (its shards of split weights, all of the others)."""
+def weight_bytes_read(model) -> int:
+    """Bytes of the weights a decode step reads on this rank (its shards of split weights, all of the others):
+    every weight it multiplies with, but of the input embedding table only the rows of the tokens fed (left to
+    the caller); a table tied to the output head is read whole by the head, and counted once."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is embedding
     total = 0
-    for parameter in model.parameters():
+    for parameter in model.parameters():  # each shared tensor once
+        if parameter is embedding and not tied:
+            continue
         local = parameter.to_local() if hasattr(parameter, "to_local") else parameter  # a DTensor's own shard
         total += local.numel() * local.element_size()
     return total

@@ -99,9 +99,11 @@ def run(plan: dict, timing_path: str) -> dict | None:
         shard(model, init_device_mesh(device.type, (ranks.size,)))
     inputs = tokenized_prompts(plan, tokenizer, model.config.vocab_size, device)
     with torch.no_grad():
-        call_s, sequences = generate_calls(plan, model, inputs, generate_options(plan, tokenizer), ranks, timing_path)
+        call_s, sequences, limit = generate_calls(
+            plan, model, inputs, generate_options(plan, tokenizer), ranks, timing_path
+        )
     generated = sequences[-1][:, plan["input_len"] :]
-    own = rank_result(model, device, torch, generated, call_s, ranks_module.rank_path(timing_path, ranks))
+    own = rank_result(model, device, torch, generated, call_s, ranks_module.rank_path(timing_path, ranks), limit)
     every_rank = ranks.gather(own)
     ranks.leave()
     if not ranks.first:
@@ -110,7 +112,8 @@ def run(plan: dict, timing_path: str) -> dict | None:
     if ranks.size > 1:
         write_records(timing_path, slowest_steps([rank["timing"] for rank in every_rank]))
     measured = sequences[plan["warmup_runs"] :]
-    return mode_result(plan, model, tokenizer, device, dtype, ranks.size, every_rank, measured, generated)
+    result = mode_result(plan, model, tokenizer, device, dtype, ranks.size, every_rank, measured, generated)
+    return {**result, "stream_bandwidth_gbs": limit["gbs"]}
 
 
 def tokenized_prompts(plan: dict, tokenizer, vocab_size: int, device):
@@ -142,15 +145,18 @@ def generate_options(plan: dict, tokenizer) -> dict:
     return options
 
 
-def generate_calls(plan: dict, model, inputs, options: dict, ranks, timing_path: str) -> tuple[list, list]:
+def generate_calls(plan: dict, model, inputs, options: dict, ranks, timing_path: str) -> tuple[list, list, dict]:
     """The warm-up calls, then the measured ones as the parent asks for them: every call's wall time and
-    output, warm-up ones first. The patched transformers times the measured calls' steps."""
+    output, warm-up ones first, and the memory bandwidth the process streamed between the two (with the peak
+    memory of the warm-up, which that measurement's buffer would otherwise hide). The patched transformers
+    times the measured calls' steps."""
     import torch
 
     from patcher.bench.ranks import rank_path
 
     call_s, sequences = [], []
-    synchronize = device_synchronizer(inputs["input_ids"].device)
+    device = inputs["input_ids"].device
+    synchronize = device_synchronizer(device)
 
     def generate():
         torch.manual_seed(plan["seed"])  # every mode, call and rank draws the same random numbers
@@ -167,6 +173,9 @@ def generate_calls(plan: dict, model, inputs, options: dict, ranks, timing_path:
     for run_index in range(plan["warmup_runs"]):
         progress(event="phase", name="warm-up (compiles in graph modes)" if run_index == 0 else "warm-up")
         generate()
+    progress(event="phase", name="measuring memory bandwidth")
+    limit = {"warm_up_peak_mb": devices.peak_memory_mb(device, torch)}
+    limit["gbs"] = devices.stream_bandwidth_gbs(device, torch)
     # The parent says when to measure: all runs at once, or one at a time between other modes' runs.
     progress(event="ready")
     os.environ["LLAMA_GRAPH_PATCH_TIMING"] = rank_path(timing_path, ranks)
@@ -177,10 +186,10 @@ def generate_calls(plan: dict, model, inputs, options: dict, ranks, timing_path:
         progress(event="ran")
     if plan["runs"] and len(sequences) == plan["warmup_runs"]:
         raise RuntimeError("the parent asked for no measured run")
-    return call_s, sequences
+    return call_s, sequences, limit
 
 
-def rank_result(model, device, torch, generated, call_s: list, timing_path: str) -> dict:
+def rank_result(model, device, torch, generated, call_s: list, timing_path: str, limit: dict) -> dict:
     """What this rank saw, for rank 0 to gather: its tokens, call times, graphs, memory and step times."""
     from patcher.bench.stats import read_records
 
@@ -188,7 +197,7 @@ def rank_result(model, device, torch, generated, call_s: list, timing_path: str)
         "tokens": generated.tolist(),
         "call_s": call_s,
         "graphs": patched(model)["graphs"],
-        "peak_memory_mb": devices.peak_memory_mb(device, torch),
+        "peak_memory_mb": max(limit["warm_up_peak_mb"], devices.peak_memory_mb(device, torch)),
         "timing": read_records(timing_path),
     }
 
@@ -206,13 +215,14 @@ def mode_result(
     transformers did, and the sizes the bandwidth figures need (one rank's share)."""
     import torch
 
-    from patcher.bench.sharding import local_bytes
+    from patcher.bench.sharding import weight_bytes_read
 
     seen = patched(model)
     cpu = runtime_module("compile_cache").cpu_name()
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
     element = torch.finfo(dtype).bits // 8
+    rows = plan["batch_size"] * plan["decoding"]["num_beams"]
     return {
         "device": devices.device_name(device, torch, cpu),
         "host_cpu": cpu,
@@ -231,10 +241,11 @@ def mode_result(
         "precompiled_load_s": seen["precompiled_load_s"],
         "peak_memory_mb": max(rank["peak_memory_mb"] for rank in every_rank),
         "peak_memory_mb_per_rank": [rank["peak_memory_mb"] for rank in every_rank],
-        "model_bytes": local_bytes(model),  # one rank's share: what each card reads per step
+        # weights a decode step reads on one rank (what each card reads), with the embedding rows of its tokens
+        "model_bytes": weight_bytes_read(model) + rows * config.hidden_size * element,
         # keys and values of every layer that one rank holds, per token of all rows (batch x beams)
         "kv_bytes_per_token": 2 * config.num_hidden_layers * config.num_key_value_heads // world_size * head_dim
-        * element * plan["batch_size"] * plan["decoding"]["num_beams"],
+        * element * rows,
         "static_cache_mb": seen["static_kv_cache_mb"],
         "peak_bandwidth_gbs": devices.peak_bandwidth_gbs(device, torch),
     }
