@@ -92,7 +92,10 @@ def main() -> None:
     table = [
         f"Decode ms per step (median), --preset {args.preset}{layers}, fp32, prompt {args.input_len}, "
         f"{args.max_new_tokens} new tokens; peer: transformers {details[0]['peer'][0]['transformers']} static cache "
-        f"+ torch.compile (before and after ours), torch {details[0]['peer'][0]['torch']}",
+        f"+ torch.compile (before and after ours), torch {details[0]['peer'][0]['torch']}; "
+        f"host CPU: {details[0]['metadata'].get('host_cpu', '?')}",
+        "",
+        "command: `" + " ".join(["python", *sys.argv]) + "`",
         "",
         "| batch | eager | max-autotune | reduce-overhead | peer (runs) | our best / peer |",
         "|---|---|---|---|---|---|",

@@ -95,12 +95,14 @@ def test_bench_runs_three_modes_and_reports_every_field(graph_mode_site, embedde
         assert numbers["graphs"] == (0 if mode == "eager" else 2)
         assert numbers["cuda_graphs"] is None  # counted on CUDA only
         assert numbers["compile_cache"] in ((None,) if mode == "eager" else ("cold", "warm"))
+        assert numbers["frozen"] is (None if mode == "eager" else False)  # `auto`: the embedded model is narrow
     assert report["modes"]["max-autotune"]["compile_s"] > 10 * report["modes"]["eager"]["compile_s"]
     assert report["modes"]["eager"]["decode_speedup_vs_eager"] == 1.0
     assert "| mode | batch | prefill ms | decode ms |" in (out / "b.md").read_text()
     assert "| compile s | graphs | compile cache | scope |" in (out / "b.md").read_text()
     assert "| tokens/s | GB/s | of limit |" in (out / "b.md").read_text()
     assert "% of the " in (out / "b.md").read_text() and "GB/s streamed" in (out / "b.md").read_text()
+    assert "GB/s streamed; weights not frozen" in (out / "b.md").read_text()
     assert (out / "b.png").read_bytes().startswith(b"\x89PNG")
     assert result.stdout.splitlines()[0].split()[:4] == ["mode", "batch", "prefill", "ms"]
     assert result.stdout.splitlines()[0].split()[-6:] == ["compile", "s", "graphs", "compile", "cache", "scope"]

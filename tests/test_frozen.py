@@ -39,6 +39,21 @@ def test_where_the_weights_are_frozen_and_why_not(freeze, device, scope, kv_cach
     assert reason == because if because is None else because in reason
 
 
+@pytest.mark.parametrize(
+    "freeze, width, because",
+    [("auto", 128, "a hidden size of 128, below 512"), ("1", 128, None), ("auto", 576, None), ("auto", None, None)],
+)
+def test_auto_freezes_the_widths_it_was_measured_to_win_at(freeze, width, because):
+    settings = read_settings({"LLAMA_GRAPH_PATCH_FREEZE": freeze})
+    reason = frozen.unfrozen_because(settings, "cpu", "model", "growing", width=width)
+    assert reason == because if because is None else because in reason
+
+
+def test_code_compiled_ahead_is_not_frozen():
+    settings = read_settings({"LLAMA_GRAPH_PATCH_PRECOMPILE": "store"})
+    assert "every checkpoint of the shape" in frozen.unfrozen_because(settings, "cpu", "model", "growing")
+
+
 def tiny_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -104,5 +119,6 @@ def test_frozen_weights_give_eager_s_tokens_and_a_change_of_them_compiles_again(
     assert {case: report[case]["packed"] for case in report} == {
         "first": LINEARS, "again": 0, "one row": 0, "in place": LINEARS, "through data": LINEARS, "swapped": LINEARS,
     }
-    assert result.stderr.count("changed since they were frozen into its compiled graphs: compiling again") == 3
+    changed = "WARNING llama_graph_patch: llama-graph-patch: the weights of LlamaForCausalLM changed since they were frozen"
+    assert result.stderr.count(changed) == 3
     assert "weights frozen into the decode graph" in result.stderr

@@ -83,6 +83,7 @@ def test_a_checkpoint_of_the_same_shape_gets_its_own_tokens(graph_mode_site, sto
     shutil.copytree(stored, root)
     result, log = run(graph_mode_site, root, "--weights-seed", 1)
     assert result["compile_cache"]["state"] == "precompiled" and graphs(result) == [0, 0, 0]
+    assert result["frozen"] is False  # precompiled code takes the weights as inputs
     assert tokens(result) == reference["other weights"] != reference["stored"]
     assert warnings(log) == []
 

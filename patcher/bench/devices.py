@@ -58,14 +58,14 @@ def device_name(device, torch, cpu: str) -> str:
     return f"cpu ({cpu})"
 
 
-def stream_bandwidth_gbs(device, torch, repeats: int = 5) -> float:
+def stream_bandwidth_gbs(device, torch, synchronize, repeats: int = 5) -> float:
     """The memory bandwidth this process streams: the best of `repeats` reads (a sum) of a buffer far larger
     than the last-level cache, device-synchronized: what a decode step that reads every weight once could reach."""
     size = STREAM_BYTES.get(device.type, 2**30)
     # Random values: pages of equal content may share memory under a hypervisor (a buffer of ones read at
-    # 55-60 GB/s in some processes on this project's machine, random values at 33-36 in every one).
+    # 55-60 GB/s in some processes on this project's machine). Random values read at 33-38 GB/s in most
+    # processes there and at 57 in one of 12: each report gives every mode's own figure.
     buffer = torch.rand(size // 4, dtype=torch.float32, device=device)
-    synchronize = getattr(torch, device.type).synchronize if device.type != "cpu" else (lambda: None)
     best = float("inf")
     for _ in range(repeats + 1):  # the first read warms up
         synchronize()

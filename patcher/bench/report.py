@@ -129,7 +129,7 @@ def markdown(report: dict) -> str:
         *(f"- **warning**: {warning}" for warning in meta.get("warnings", [])),
         "",
         "Prefill is the first step of a generate call, decode the mean of the later steps (device-synchronized). "
-        "compile s: the first generate call's time beyond a steady-state call; cache: what the compile cache held "
+        "compile s: the first generate call's time beyond a steady-state call; compile cache: what it held "
         "when the mode started (precompiled: code called without tracing, stored by `warm`).",
         "",
         "| " + " | ".join(headers) + " |",
@@ -163,6 +163,8 @@ def bandwidth_line(mode: str, numbers: dict) -> str:
         line += f", {numbers['decode_bandwidth_pct_of_stream']:.0f}% of the {numbers['stream_bandwidth_gbs']:.1f} GB/s streamed"
     if numbers["decode_bandwidth_pct_of_peak"]:
         line += f", {numbers['decode_bandwidth_pct_of_peak']:.0f}% of the device's peak"
+    if numbers.get("frozen") is not None:  # None: eager, or a worker too old to say
+        line += "; weights frozen" if numbers["frozen"] else "; weights not frozen"
     return line
 
 

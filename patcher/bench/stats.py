@@ -63,6 +63,7 @@ def summarize(result: dict, records: list[dict], plan: dict, eager_tokens: list 
         "graphs_per_rank": result.get("graphs_per_rank"),
         "cuda_graphs": result["cuda_graphs"],
         "compile_cache": result["compile_cache"],
+        "frozen": result.get("frozen"),
         "precompiled_load_s": result.get("precompiled_load_s"),
         "peak_memory_mb": result["peak_memory_mb"],
         "peak_memory_mb_per_rank": result.get("peak_memory_mb_per_rank"),

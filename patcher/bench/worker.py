@@ -175,7 +175,7 @@ def generate_calls(plan: dict, model, inputs, options: dict, ranks, timing_path:
         generate()
     progress(event="phase", name="measuring memory bandwidth")
     limit = {"warm_up_peak_mb": devices.peak_memory_mb(device, torch)}
-    limit["gbs"] = devices.stream_bandwidth_gbs(device, torch)
+    limit["gbs"] = devices.stream_bandwidth_gbs(device, torch, synchronize)
     # The parent says when to measure: all runs at once, or one at a time between other modes' runs.
     progress(event="ready")
     os.environ["LLAMA_GRAPH_PATCH_TIMING"] = rank_path(timing_path, ranks)
@@ -238,6 +238,7 @@ def mode_result(
         "graphs_per_rank": [rank["graphs"] for rank in every_rank],
         "cuda_graphs": seen["cuda_graphs"],
         "compile_cache": seen["compile_cache"],
+        "frozen": seen["frozen"],  # the weights are constants of the decode graph (LLAMA_GRAPH_PATCH_FREEZE)
         "precompiled_load_s": seen["precompiled_load_s"],
         "peak_memory_mb": max(rank["peak_memory_mb"] for rank in every_rank),
         "peak_memory_mb_per_rank": [rank["peak_memory_mb"] for rank in every_rank],

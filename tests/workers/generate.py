@@ -119,6 +119,7 @@ def run_mode(mode, args):
         "compile_cache": seen.get("compile_cache") and {
             "state": seen["compile_cache"], "path": seen["compile_cache_file"], "load_s": seen["precompiled_load_s"]
         },
+        "frozen": seen.get("frozen"),
         "layers_after": sorted({type(layer).__name__ for layer in model.model.layers}),
         "cuda_graphs": seen.get("cuda_graphs"),
         "timing": timing_records(timing),

@@ -18,8 +18,8 @@ logger = logging.getLogger("llama_graph_patch")
 def compiled_for(model, state, settings, device):
     """The model compiled as `settings` ask, for `device`: made on the first generate call of that way, made
     again for scopes whose layers the model no longer holds, and for weights changed since they were frozen."""
-    if frozen.changed(model, state):
-        logger.info(
+    if frozen.changed(model, state):  # a WARNING: it costs every compiled model of the process a compile
+        logger.warning(
             "llama-graph-patch: the weights of %s changed since they were frozen into its compiled graphs: compiling "
             "again (torch.compiler.reset(): every model of this process compiles on its next call)",
             type(model).__name__,
@@ -27,7 +27,8 @@ def compiled_for(model, state, settings, device):
     scope = effective_scope(model, state, settings, device)
     sharded = compile_cache.tensor_parallel()[0] > 1
     options, backend = backend_options(settings, device.type, scope, sharded)
-    unfrozen = frozen.unfrozen_because(settings, device.type, scope, kv_cache_kind(model, settings), sharded)
+    width = getattr(model.config, "hidden_size", None)
+    unfrozen = frozen.unfrozen_because(settings, device.type, scope, kv_cache_kind(model, settings), sharded, width)
     logger.info(
         "llama-graph-patch: dynamo mode %s on %s, backend=%s, scope=%s, dynamic=True, fullgraph=True; %s",
         settings.graph_mode,

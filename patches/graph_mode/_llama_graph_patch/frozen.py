@@ -7,7 +7,8 @@ compile option comes too late: dynamo has made the weights graph inputs by then)
 around the calls it compiles. Only decode is frozen: prefill runs once per call, and each frozen graph
 holds its own packed copy of the weights. The frozen graph is guarded on the identity of each weight, so a
 replaced weight compiles again; a weight changed in place is not seen by torch at all, so the runner
-compares a fingerprint of the weights at every generate call (`changed`).
+compares a fingerprint of the weights at every generate call (`changed`). Precompiled code is never frozen:
+its weights are inputs, so that one stored artifact serves every checkpoint of the shape.
 """
 
 import contextlib
@@ -18,9 +19,13 @@ from .backends import torch_older_than
 
 # The oldest torch this was tried with; before 2.5 dynamo took nn.Module weights another way.
 FREEZING_TORCH = (2, 5)
+# The narrowest model `auto` freezes. On this project's CPU, frozen weights made decode of 4 rows 2.4x faster at
+# SmolLM2-135M's width (576) and 1.2x slower at the embedded model's (128), where a step is launch overhead
+# and oneDNN's calls on packed weights cost more than inductor's own (benchmarks/README.md, 2026-12-05).
+FREEZE_MIN_WIDTH = 512
 
 
-def unfrozen_because(settings, device_type, scope, kv_cache, sharded=False):
+def unfrozen_because(settings, device_type, scope, kv_cache, sharded=False, width=None):
     """Why the weights stay graph inputs for this compiled model, or None: they are frozen into its decode graph."""
     if settings.freeze == "0":
         return "LLAMA_GRAPH_PATCH_FREEZE=0"
@@ -28,6 +33,12 @@ def unfrozen_because(settings, device_type, scope, kv_cache, sharded=False):
         return "torchair's frozen_parameter serves the NPU"
     if settings.freeze == "auto" and device_type != "cpu":
         return "measured to win on a CPU only so far; LLAMA_GRAPH_PATCH_FREEZE=1 freezes on %s too" % device_type
+    if settings.freeze == "auto" and width is not None and width < FREEZE_MIN_WIDTH:
+        return "a hidden size of %d, below %d, decodes faster unfrozen; LLAMA_GRAPH_PATCH_FREEZE=1 freezes it" % (
+            width, FREEZE_MIN_WIDTH
+        )
+    if settings.precompile == "store":
+        return "precompiled code takes the weights as inputs, to serve every checkpoint of the shape"
     if torch_older_than(torch.__version__, FREEZING_TORCH):
         return "torch %s is older than %d.%d" % ((torch.__version__,) + FREEZING_TORCH)
     if scope == "layers":

@@ -1,8 +1,8 @@
 """One-row decode on a CPU: each linear layer of a step that feeds one token of one row is a matrix-vector
 product, bound by reading the weight once. inductor hands it to MKL's or oneDNN's matrix product, which on
-this project's 2-core CPU read a SmolLM2-width weight at 11 to 25 GB/s of the 33 the machine streams;
-written as a multiply and a sum over each weight row, inductor's own vectorized reduction reads it at 27 to
-31 GB/s and fuses the step into a few kernels (benchmarks/README.md has the figures).
+this project's 2-core CPU read a SmolLM2- or TinyLlama-width weight at 11 to 25 GB/s of the 33-38 the machine
+streams; written as a multiply and a sum over each weight row, inductor's own vectorized reduction reads it
+at 21 to 32 GB/s and fuses the step into a few kernels (benchmarks/one_row_matmul.py and its record).
 
 The pass rewrites, before inductor lowers the graph, each `mm`/`addmm` whose left operand has exactly one
 row in every call of that graph (batch size 1, one token: dynamo specialises size 1), fp32, on a CPU.

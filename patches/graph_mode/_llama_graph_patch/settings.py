@@ -49,8 +49,8 @@ SWITCHES = (
     Switch(
         "LLAMA_GRAPH_PATCH_FREEZE", "freeze", "choice", "auto",
         (
-            ("auto", "frozen where measured to win: on a CPU"),
-            ("1", "also on cuda"),
+            ("auto", "frozen where measured to win: on a CPU, hidden size 512 and more"),
+            ("1", "wherever it can: on cuda and narrower models too"),
             ("0", "never"),
         ),
         meaning="inductor takes the weights as constants of the decode graph, as torchair's `frozen_parameter`",

@@ -53,7 +53,8 @@ def describe(model):
     compiled             whether that call ran compiled (EXE_MODE=dynamo)
     backend, scope       how, as the INFO line says it; None when it ran eager
     kv_cache             the KV cache it was compiled for, "static" or "growing"; None when it ran eager
-    frozen               whether the weights are constants of its decode graph; None when it ran eager
+    frozen               whether the weights are constants of its decode graph (never in precompiled code);
+                         None when it ran eager
     graphs               graphs dynamo compiled for this model so far, over all its calls
     compile_cache        "cold" (compiled anew), "warm" (torch's artifacts loaded), "precompiled" (stored code
                          ran without tracing), or None (eager, switched off, refused, on an NPU)
@@ -67,16 +68,17 @@ def describe(model):
     latest = state.latest
     cache = latest.compile_cache if latest is not None else None
     kv_cache = state.static_kv_cache
+    precompiled = cache is not None and cache.state == "precompiled"
     return {
         "compiled": latest is not None,
         "backend": latest.backend if latest is not None else None,
         "scope": latest.scope if latest is not None else None,
         "kv_cache": latest.kv_cache if latest is not None else None,
-        "frozen": latest.frozen if latest is not None else None,
+        "frozen": latest.frozen and not precompiled if latest is not None else None,
         "graphs": state.graphs,
         "compile_cache": cache.state if cache is not None else None,
         "compile_cache_file": cache.path if cache is not None else None,
-        "precompiled_load_s": cache.load_s if cache is not None and cache.state == "precompiled" else None,
+        "precompiled_load_s": cache.load_s if precompiled else None,
         "static_kv_cache_mb": kv_cache.nbytes / 2**20 if kv_cache is not None else None,
         "cuda_graphs": cuda_graphs(state.device),
     }
