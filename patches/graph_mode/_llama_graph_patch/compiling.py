@@ -27,8 +27,9 @@ def compiled_for(model, state, settings, device):
     scope = effective_scope(model, state, settings, device)
     sharded = compile_cache.tensor_parallel()[0] > 1
     options, backend = backend_options(settings, device.type, scope, sharded)
+    kv_cache = kv_cache_kind(model, settings)
     width = getattr(model.config, "hidden_size", None)
-    unfrozen = frozen.unfrozen_because(settings, device.type, scope, kv_cache_kind(model, settings), sharded, width)
+    unfrozen = frozen.unfrozen_because(settings, device.type, scope, kv_cache, sharded, width)
     logger.info(
         "llama-graph-patch: dynamo mode %s on %s, backend=%s, scope=%s, dynamic=True, fullgraph=True; %s",
         settings.graph_mode,
@@ -41,7 +42,9 @@ def compiled_for(model, state, settings, device):
     if scope != "model" and way in state.compiled and not state.compiled[way].call.is_current():
         del state.compiled[way]  # compile the layers the model holds now (dynamo reuses what fits)
     if way not in state.compiled:
-        state.compiled[way] = compile_model(model, state, settings, device, options, backend, scope, unfrozen is None)
+        state.compiled[way] = compile_model(
+            model, state, settings, device, options, backend, scope, kv_cache, unfrozen is None
+        )
     return state.compiled[way]
 
 
@@ -66,10 +69,9 @@ def effective_scope(model, state, settings, device):
     return scope
 
 
-def compile_model(model, state, settings, device, options, backend, scope, frozen_weights):
+def compile_model(model, state, settings, device, options, backend, scope, kv_cache, frozen_weights):
     """The model compiled one way, its compile cache opened (not on an NPU: torchair compiles through GE,
     which torch's caches do not hold)."""
-    kv_cache = kv_cache_kind(model, settings)
     description = {"graph_mode": settings.graph_mode, "backend": backend, "scope": scope, "kv_cache": kv_cache}
     if frozen_weights:
         description["frozen"] = True
