@@ -5,30 +5,43 @@ import copy
 import json
 import logging
 import os
+import re
 import sys
+from unittest import mock
 
 import torch
 from tiny import tiny_llama
 from torch._dynamo.utils import counters
+from torch._inductor.graph import GraphLowering
 from transformers.generation._llama_graph_patch.state import describe
 
 
 def generate(model, rows, mode):
-    """Greedy tokens of one generate call of `rows` rows, and inductor's linear weights packed during it."""
+    """Greedy tokens of one generate call of `rows` rows, inductor's linear weights packed during it, and the
+    kernels of its C++ GEMM template in the code compiled during it."""
     os.environ["EXE_MODE"] = mode
     ids = torch.randint(3, 99, (rows, 7), generator=torch.Generator().manual_seed(rows))
     before = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
-    with torch.no_grad():
-        tokens = model.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)[:, 7:].tolist()
-    return tokens, counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] - before
+    codes = []  # what inductor writes out, from its cache too (torch's run_and_get_code would reset dynamo first)
+    with torch.no_grad(), mock.patch.object(GraphLowering, "save_output_code", codes.append):
+        out = model.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    packed = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] - before
+    return out[:, 7:].tolist(), packed, sum(template_calls(code) for code in codes)
+
+
+def template_calls(code):
+    """Calls of C++ GEMM template kernels in inductor's code for one graph (layers alike share a kernel)."""
+    pieces = re.split(r"^(\w+) = async_compile\.cpp_pybinding\(", code, flags=re.M)
+    templates = [name for name, source in zip(pieces[1::2], pieces[2::2]) if "micro_gemm" in source]
+    return sum(len(re.findall(r"^\s+%s\(" % name, code, flags=re.M)) for name in templates)
 
 
 def compare(model, rows):
     """Tokens compiled and eager (eager last: the compiled call runs first, on the weights as they are)."""
-    compiled, packed = generate(model, rows, "dynamo")
+    compiled, packed, templates = generate(model, rows, "dynamo")
     frozen = describe(model)["frozen"]
-    eager, _ = generate(model, rows, "eager")
-    return {"same": compiled == eager, "packed": packed, "frozen": frozen}
+    eager, _, _ = generate(model, rows, "eager")
+    return {"same": compiled == eager, "packed": packed, "templates": templates, "frozen": frozen}
 
 
 def main():

@@ -81,7 +81,8 @@ class Runner(object):
         for module in self.__compiled.sdpa_attention:
             module._use_sdpa = False
         try:
-            with sizes_apart(), one_row_matmuls(), freezing(self.__compiled.frozen and phase(kwargs) == "decode"):
+            frozen = self.__compiled.frozen and phase(kwargs) == "decode"
+            with sizes_apart(), one_row_matmuls(), freezing(frozen, self.llama_graph_patch.state.device.type):
                 return self.__call_within_budget(args, kwargs)
         finally:
             for module in self.__compiled.sdpa_attention:
