@@ -18,7 +18,7 @@ from transformers.generation._llama_graph_patch.state import describe
 
 def generate(model, rows, mode):
     """Greedy tokens of one generate call of `rows` rows, inductor's linear weights packed during it, and the
-    kernels of its C++ GEMM template in the code compiled during it."""
+    calls of its C++ GEMM template's kernels in the code compiled during it."""
     os.environ["EXE_MODE"] = mode
     ids = torch.randint(3, 99, (rows, 7), generator=torch.Generator().manual_seed(rows))
     before = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
