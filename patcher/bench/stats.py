@@ -96,8 +96,8 @@ def agreement(tokens: list[list[int]], eager: list[list[int]] | None) -> float |
 
 def bandwidth(result: dict, runs: list[list[dict]], plan: dict) -> dict:
     """Bytes a decode step must read (the weights it multiplies with, plus the keys and values it attends over)
-    per second, and that as a share of what the worker streamed from memory before the mode ran (and, on
-    CUDA, of the device's spec peak).
+    per second, and that as a share of what the worker streamed from memory beside the mode's measured calls
+    (the median of its probes; on CUDA also of the device's spec peak).
 
     With the growing cache, decode step t attends over input_len + t tokens; the static cache always
     reads its full length, input_len + max_new_tokens.
@@ -115,6 +115,7 @@ def bandwidth(result: dict, runs: list[list[dict]], plan: dict) -> dict:
         "decode_bytes_per_step": read / max(1, sum(len(run) - 1 for run in runs)),
         "decode_bandwidth_gbs": achieved,
         "stream_bandwidth_gbs": stream,
+        "stream_probes_gbs": result.get("stream_probes_gbs"),
         "decode_bandwidth_pct_of_stream": 100 * achieved / stream if achieved and stream else None,
         "peak_bandwidth_gbs": peak,
         "decode_bandwidth_pct_of_peak": 100 * achieved / peak if achieved and peak else None,
