@@ -154,6 +154,7 @@ def build_report(runs: list[runner.ModeRun], chosen: list[Mode], setup: Setup) -
     for numbers in modes.values():
         if numbers["status"] == "ok":
             numbers["decode_speedup_vs_eager"] = eager / numbers["decode_ms_mean"] if eager else None
+    limit = stats.against_the_limit(modes)
     first = next(iter(ok.values()), {})
     static_sizes = [result["static_cache_mb"] for result in ok.values() if result["static_cache_mb"]]
     metadata = {
@@ -174,6 +175,7 @@ def build_report(runs: list[runner.ModeRun], chosen: list[Mode], setup: Setup) -
         "weights": setup.weights,
         "layers": plan["layers"],
         "model_bytes": first.get("model_bytes"),
+        "stream_bandwidth_gbs": limit,
         "dtype": first.get("dtype", plan["dtype"]),
         "world_size": plan["nproc_per_node"],
         "batch_size": plan["batch_size"],

@@ -143,8 +143,8 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"Memory read per decode step (weights: {meta['model_bytes'] / 2**20:.0f} MiB, plus keys and values), "
-            "against the limit: what the mode's process streamed just before each measured run (the best of 5 reads "
-            "of a buffer far larger than the last-level cache), the median of those runs:",
+            "against the limit: the median of what the modes' processes streamed just before each measured run (each "
+            "the best of 5 reads of a buffer far larger than the last-level cache):",
             *bandwidth,
         ]
     captured = [
