@@ -63,8 +63,8 @@ def stream_bandwidth_gbs(device, torch, synchronize, repeats: int = 5) -> float:
     than the last-level cache, device-synchronized: what a decode step that reads every weight once could reach."""
     size = STREAM_BYTES.get(device.type, 2**30)
     # Random values: pages of equal content may share memory under a hypervisor (a buffer of ones read at
-    # 55-60 GB/s in some processes on this project's machine). Random values read at 30-38 GB/s there most of
-    # the time and at 55-62 for a few seconds now and then: the worker probes beside each measured run.
+    # 55-60 GB/s in some processes on this project's machine). Random values vary too, from moment to moment:
+    # stats.against_the_limit.
     buffer = torch.rand(size // 4, dtype=torch.float32, device=device)
     best = float("inf")
     for _ in range(repeats + 1):  # the first read warms up

@@ -72,6 +72,7 @@ def summarize(result: dict, records: list[dict], plan: dict, eager_tokens: list 
         "static_cache_mb": result["static_cache_mb"],
         "answers": result["answers"],
         "tokens": result["tokens"],
+        "stream_probes_gbs": result["stream_probes_gbs"],
         "step_ms": [step["ms"] for step in runs[-1]],
     }
     summary.update(bandwidth(result, runs, plan))
@@ -114,7 +115,6 @@ def bandwidth(result: dict, runs: list[list[dict]], plan: dict) -> dict:
     return {
         "decode_bytes_per_step": read / max(1, sum(len(run) - 1 for run in runs)),
         "decode_bandwidth_gbs": achieved,
-        "stream_probes_gbs": result.get("stream_probes_gbs") or [],
         "peak_bandwidth_gbs": peak,
         "decode_bandwidth_pct_of_peak": 100 * achieved / peak if achieved and peak else None,
     }
@@ -123,7 +123,7 @@ def bandwidth(result: dict, runs: list[list[dict]], plan: dict) -> dict:
 def against_the_limit(modes: dict) -> float | None:
     """The memory bandwidth of the sitting, the median of every probe the modes that ran took beside their
     measured calls, and each mode's decode as a share of it. One figure for all: this machine streams 30-38
-    GB/s most of the time and 55-65 for seconds now and then, decode does not follow those moments (in one
+    GB/s most of the time and 48-66 for seconds now and then, decode does not follow those moments (in one
     process pairing probes with 45 decode runs, 22 ms with fast probes as with slow ones), and a process whose
     probes fell on them would show half the share for the same speed."""
     ran = [numbers for numbers in modes.values() if numbers["status"] == "ok"]

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 
@@ -114,7 +113,7 @@ def run(plan: dict, timing_path: str) -> dict | None:
         write_records(timing_path, slowest_steps([rank["timing"] for rank in every_rank]))
     measured = sequences[plan["warmup_runs"] :]
     result = mode_result(plan, model, tokenizer, device, dtype, ranks.size, every_rank, measured, generated)
-    return {**result, "stream_bandwidth_gbs": limit["gbs"], "stream_probes_gbs": limit["probes_gbs"]}
+    return {**result, "stream_probes_gbs": limit["probes_gbs"]}
 
 
 def tokenized_prompts(plan: dict, tokenizer, vocab_size: int, device):
@@ -177,8 +176,8 @@ def generate_calls(plan: dict, model, inputs, options: dict, ranks, timing_path:
     limit = {"peak_mb": devices.peak_memory_mb(device, torch), "probes_gbs": []}
 
     def stream():
-        # Beside each measured call, not once per process: this machine streams 30-35 GB/s for minutes and
-        # 55-62 for seconds now and then, and a probe far from the call compares it with another moment.
+        # Beside each measured call, not once per process: the report holds every mode to the median of all
+        # the probes of the sitting (stats.against_the_limit says why).
         limit["peak_mb"] = max(limit["peak_mb"], devices.peak_memory_mb(device, torch))
         limit["probes_gbs"].append(devices.stream_bandwidth_gbs(device, torch, synchronize))
         ranks.barrier()  # no rank starts the call while another still reads its buffer
@@ -194,9 +193,6 @@ def generate_calls(plan: dict, model, inputs, options: dict, ranks, timing_path:
         progress(event="ran")
     if plan["runs"] and len(sequences) == plan["warmup_runs"]:
         raise RuntimeError("the parent asked for no measured run")
-    if not limit["probes_gbs"]:  # no measured call: the limit as the warm-up left the machine
-        stream()
-    limit["gbs"] = statistics.median(limit["probes_gbs"])
     return call_s, sequences, limit
 
 

@@ -57,8 +57,8 @@ def freezing(on, device_type):
     the linear layers that share an input (q, k, v; gate, up) are then concatenated into one (15% of a
     SmolLM2-width decode step of 4 rows), and each is computed by inductor's own C++ GEMM template on the
     packed weight rather than by oneDNN: a decode step of 4 rows 1.5x faster at SmolLM2-135M's width and
-    1.3x at TinyLlama-1.1B's (one process alternating both on this project's 2-core CPU, 2026-12-05; not yet
-    a recorded bench). The template adds one choice and no other is offered, so nothing is timed while
+    1.3x at TinyLlama-1.1B's (one process alternating both on this project's 2-core CPU, 2026-12-05; the
+    benches with it: benchmarks/README.md, the `-template` records). The template adds one choice and no other is offered, so nothing is timed while
     compiling (inductor's max-autotune is not on for either graph mode on a CPU)."""
     if not on:
         return contextlib.nullcontext()
